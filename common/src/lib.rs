@@ -1,0 +1,30 @@
+//! `funnel-common`: what the coordinator, the workers and the CLI share. No servers here.
+//!
+//! Map of modules:
+//! - [`spec`]: the job spec (TOML, versioned), funnel presets and validation with key paths.
+//! - [`store`]: object-store URLs (`s3://`, `gs://`, `az://`, `file://`, `memory://`, paths).
+//! - [`hash`]: the stable feature hash that serving systems reproduce.
+//! - [`manifest`]: the dataset manifest built once from Parquet footers, and its schema check.
+//! - [`columns`]: how spec features and labels map onto Parquet columns (the decode plan).
+//! - [`decode`]: Arrow record batches -> [`batch::Batch`], with label policies and counts.
+//! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
+//! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
+//! - [`gen`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
+//! - [`metrics`]: exact metrics (AUC with averaged ties).
+//! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
+//! - [`error`]: the crate's error type.
+
+pub mod batch;
+pub mod columns;
+pub mod decode;
+pub mod error;
+pub mod gen;
+pub mod hash;
+pub mod manifest;
+pub mod metrics;
+pub mod reader;
+pub mod rng;
+pub mod spec;
+pub mod store;
+
+pub use error::{DataLocation, Error, Result};

@@ -1,0 +1,215 @@
+//! Value checks of a parsed spec. Each problem names its key path, e.g.
+//! `features.categorical[3].buckets`, so users can find it in their file.
+
+use super::funnel::ResolvedFunnel;
+use super::types::{JobSpec, Transform};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One problem in a job spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path (`features.categorical[3].buckets`); empty for the whole file.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl ConfigIssue {
+    /// A problem at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Bucket ids are stored as u32.
+const MAX_BUCKETS: u64 = u32::MAX as u64;
+
+/// Checks values that serde cannot: ranges, emptiness, duplicate columns, shared tables.
+pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut push = |key: String, msg: String| issues.push(ConfigIssue::new(key, msg));
+
+    if spec.name.trim().is_empty() {
+        push("name".into(), "job name is empty".into());
+    }
+    if spec.data.train.trim().is_empty() {
+        push("data.train".into(), "training dataset URL is empty".into());
+    }
+    for (key, v) in [
+        ("data.io_concurrency", spec.data.io_concurrency),
+        ("data.decode_threads", spec.data.decode_threads),
+        ("data.read_batch_rows", spec.data.read_batch_rows),
+        ("train.batch_size", spec.train.batch_size),
+        ("train.epochs", spec.train.epochs),
+    ] {
+        if v == 0 {
+            push(key.into(), "must be at least 1".into());
+        }
+    }
+
+    // Every feature column once; tables shared only between features of one shape.
+    let mut columns: BTreeMap<&str, String> = BTreeMap::new();
+    let mut tables: BTreeMap<String, (u64, usize, String)> = BTreeMap::new();
+    let mut embedded = |key: String, column: &str, table: &Option<String>, buckets: u64, dim: usize| {
+        let mut found = Vec::new();
+        if buckets == 0 || buckets > MAX_BUCKETS {
+            found.push((format!("{key}.buckets"), format!("must be in 1..={MAX_BUCKETS}")));
+        }
+        if dim == 0 {
+            found.push((format!("{key}.dim"), "must be at least 1".to_string()));
+        }
+        let table = table.clone().unwrap_or_else(|| column.to_string());
+        match tables.get(&table) {
+            Some((b, d, first)) if (*b, *d) != (buckets, dim) => found.push((
+                format!("{key}.table"),
+                format!(
+                    "table `{table}` is shared with {first} (buckets {b}, dim {d}); \
+                     shared tables need the same buckets and dim"
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                tables.insert(table, (buckets, dim, key));
+            }
+        }
+        found
+    };
+    let mut found = Vec::new();
+    for (i, f) in spec.features.categorical.iter().enumerate() {
+        let key = format!("features.categorical[{i}]");
+        found.extend(embedded(key.clone(), &f.column, &f.table, f.buckets, f.dim));
+        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+    }
+    for (i, f) in spec.features.list.iter().enumerate() {
+        let key = format!("features.list[{i}]");
+        found.extend(embedded(key.clone(), &f.column, &f.table, f.buckets, f.dim));
+        if f.max_len == 0 {
+            found.push((format!("{key}.max_len"), "must be at least 1".into()));
+        }
+        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+    }
+    for (i, f) in spec.features.numeric.iter().enumerate() {
+        let key = format!("features.numeric[{i}]");
+        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+        if !f.fill_null.is_finite() {
+            found.push((format!("{key}.fill_null"), "must be a finite number".into()));
+        }
+        match (f.transform, f.mean, f.std) {
+            (Transform::Standardize, None, _) => found.push((
+                format!("{key}.mean"),
+                "`standardize` needs `mean` and `std`".into(),
+            )),
+            (Transform::Standardize, _, None) => found.push((
+                format!("{key}.std"),
+                "`standardize` needs `mean` and `std`".into(),
+            )),
+            (Transform::Standardize, Some(m), Some(s)) if !m.is_finite() || !(s > 0.0) => found
+                .push((format!("{key}.std"), "mean must be finite and std > 0".into())),
+            (Transform::None | Transform::Log1p, Some(_), _)
+            | (Transform::None | Transform::Log1p, _, Some(_)) => found.push((
+                format!("{key}.transform"),
+                "`mean`/`std` are only used by transform = \"standardize\"".into(),
+            )),
+            _ => {}
+        }
+    }
+    if spec.features.categorical.is_empty() && spec.features.list.is_empty() {
+        found.push((
+            "features".into(),
+            "declare at least one categorical or list feature".into(),
+        ));
+    }
+    for (key, msg) in found {
+        push(key, msg);
+    }
+
+    if spec.towers.hidden.is_empty() || spec.towers.hidden.contains(&0) {
+        push("towers.hidden".into(), "needs at least one layer, each wider than 0".into());
+    }
+    if !(0.0..1.0).contains(&spec.towers.dropout) {
+        push("towers.dropout".into(), "must be in [0, 1)".into());
+    }
+    if !(spec.optimizer.lr > 0.0 && spec.optimizer.lr.is_finite()) {
+        push("optimizer.lr".into(), "must be a positive number".into());
+    }
+    if let Some(lr) = spec.optimizer.sparse_lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            push("optimizer.sparse_lr".into(), "must be a positive number".into());
+        }
+    }
+    for (stage, w) in &spec.loss.weights {
+        if !(*w > 0.0 && w.is_finite()) {
+            push(format!("loss.weights.{stage}"), "must be a positive number".into());
+        }
+    }
+    issues
+}
+
+fn unique_column<'a>(
+    columns: &mut BTreeMap<&'a str, String>,
+    column: &'a str,
+    key: String,
+) -> Option<(String, String)> {
+    if column.trim().is_empty() {
+        return Some((key, "column name is empty".into()));
+    }
+    match columns.get(column) {
+        Some(first) => Some((key, format!("column `{column}` is already used by {first}"))),
+        None => {
+            columns.insert(column, key);
+            None
+        }
+    }
+}
+
+/// Checks references from other sections to funnel stages, and label/feature overlaps.
+pub(super) fn check_funnel_refs(spec: &JobSpec, funnel: &ResolvedFunnel) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for stage in spec.loss.weights.keys() {
+        match funnel.stages.iter().find(|s| &s.name == stage) {
+            None => issues.push(ConfigIssue::new(
+                format!("loss.weights.{stage}"),
+                format!("no funnel stage `{stage}`"),
+            )),
+            Some(s) if !s.is_labelled() => issues.push(ConfigIssue::new(
+                format!("loss.weights.{stage}"),
+                format!("stage `{stage}` has no label, so it has no loss to weigh"),
+            )),
+            Some(_) => {}
+        }
+    }
+    if funnel.targets().next().is_none() {
+        issues.push(ConfigIssue::new("funnel", "no stage has a label: nothing to train"));
+    }
+    let features: Vec<&str> = spec
+        .features
+        .categorical
+        .iter()
+        .map(|f| f.column.as_str())
+        .chain(spec.features.list.iter().map(|f| f.column.as_str()))
+        .chain(spec.features.numeric.iter().map(|f| f.column.as_str()))
+        .collect();
+    for col in funnel.label_columns() {
+        if features.contains(&col.as_str()) {
+            issues.push(ConfigIssue::new(
+                "features",
+                format!("label column `{col}` is also a feature: that leaks the label"),
+            ));
+        }
+    }
+    issues
+}
