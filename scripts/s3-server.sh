@@ -20,6 +20,10 @@ TIMEOUT=${FUNNEL_S3_TIMEOUT:-120}
 CONF="$DIR/ceph.conf"
 ENDPOINT="http://127.0.0.1:$PORT"
 
+# start/stop wipe $DIR: refuse to touch anything that is not our state dir.
+[[ $DIR == /?* && ( ! -e $DIR || -f $DIR/ceph.conf || -z $(ls -A "$DIR") ) ]] ||
+  { echo "s3-server: refusing to use FUNNEL_S3_DIR=$DIR (not a state dir)" >&2; exit 1; }
+
 log() { echo "s3-server: [${SECONDS}s] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 ceph_cli() { ceph -c "$CONF" --connect-timeout 5 "$@"; }
@@ -54,7 +58,8 @@ wait_for() {
 
 mon_in_quorum() { ceph_cli quorum_status -f json | grep -q '"quorum_names":\["a"\]'; }
 osd_up() { ceph_cli osd stat -f json | grep -q '"num_up_osds":1,'; }
-rgw_up() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$ENDPOINT/") == 200 ]]; }
+# Anonymous "list my buckets": only rgw answers it with this XML.
+rgw_up() { curl -sf "$ENDPOINT/" | grep -q ListAllMyBucketsResult; }
 
 write_conf() {
   cat >"$CONF" <<EOF
@@ -86,8 +91,8 @@ osd pool default min size = 1
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 osd crush chooseleaf type = 0
-# rgw creates ~7 pools; the default 32 PGs each would approach the 250 PG/OSD
-# limit and make pool creation fail. There is no mgr, so no autoscaler either.
+# rgw creates up to 8 pools; at the default 32 PGs each that exceeds the 250
+# PGs per OSD limit and pool creation fails. No mgr runs, so no autoscaler.
 osd pool default pg num = 8
 osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
@@ -95,12 +100,20 @@ mon max pg per osd = 1000
 # The mon refuses to start when its disk has <5% free; a CI /tmp may be full-ish.
 mon data avail crit = 0
 mon data avail warn = 0
+# Only relevant to cephx, which is off; silences a HEALTH_WARN.
+mon warn on insecure global id reclaim allowed = false
+mon warn on insecure global id reclaim = false
+# Commit map changes (each pool rgw creates) after 50 ms instead of 1 s.
+paxos propose interval = 0.05
 [osd]
 # RAM-backed object store: no block device, nothing to format, fast start.
 # Its size is what the OSD reports as capacity (writes stop at the full ratio).
 osd objectstore = memstore
 memstore device bytes = $MEM_BYTES
 [client.rgw]
+# radosgw's built-in defaults set ms_mon_client_mode=secure, which the
+# "none" auth method cannot provide: it would retry auth for rgw_init_timeout.
+ms mon client mode = crc secure
 rgw frontends = beast endpoint=127.0.0.1:$PORT
 # 512 threads by default; a test server needs few.
 rgw thread pool size = 32
@@ -110,28 +123,47 @@ rgw enable usage log = false
 EOF
 }
 
+# A zombie has already released its ports and memory. (PID 1 here may be
+# slow to reap the daemons, which are reparented to it.)
+alive() { [[ -r /proc/$1/stat && $(awk '{print $3}' "/proc/$1/stat") != Z ]]; }
+
+# Kill the daemons named by pid files and wait until they are gone.
 stop_daemons() {
-  local name pid i
+  local name pid pids=() i
   for name in client.rgw osd.0 mon.a; do
     [[ -f $DIR/run/$name.pid ]] || continue
     pid=$(<"$DIR/run/$name.pid")
-    kill "$pid" 2>/dev/null || continue
-    # memstore dumps its RAM contents to disk on clean shutdown, which is
-    # wasted work since the state is wiped anyway: SIGKILL after 5 s.
+    # A stale pid file may name an unrelated process by now.
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) =~ ^(radosgw|ceph-osd|ceph-mon)$ ]] || continue
+    # SIGKILL: the state is wiped anyway, and a clean stop is slow (the OSD
+    # spends ~5 s dumping the memstore to disk; rgw waits for the OSD).
+    kill -9 "$pid" 2>/dev/null && pids+=("$pid") && log "killed $name (pid $pid)"
+  done
+  for pid in "${pids[@]}"; do
     for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.1
     done
-    kill -9 "$pid" 2>/dev/null || true
-    log "stopped $name (pid $pid)"
   done
 }
 
+# Run a daemon (it daemonizes itself); its pre-fork output goes to a file
+# that is shown, with its log, if it fails.
+launch() {
+  local name=$1; shift
+  "$@" >"$DIR/log/$name.out" 2>&1 && return
+  log "ERROR: $name failed:"
+  tail -n 20 "$DIR/log/$name.out" "$DIR/log/$name.log" >&2 2>/dev/null || true
+  exit 1
+}
+
+# curl < 8.x does not send x-amz-content-sha256, which S3 SigV4 requires (rgw
+# answers SignatureDoesNotMatch without it), so it is passed explicitly.
 create_bucket() {
   local code
   code=$(curl -s -o "$DIR/log/bucket-$1.out" -w '%{http_code}' \
     --aws-sigv4 "aws:amz:us-east-1:s3" --user "$ACCESS_KEY:$SECRET_KEY" \
-    -X PUT "$ENDPOINT/$1")
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT "$ENDPOINT/$1")
   if [[ $code == 409 ]] && grep -q BucketAlreadyOwnedByYou "$DIR/log/bucket-$1.out"; then
     code=200
   fi
@@ -146,6 +178,11 @@ start() {
   DEADLINE=$TIMEOUT
   stop_daemons
   rm -rf "$DIR"
+  # rgw would fail to bind, or worse, the readiness check would reach the
+  # other server.
+  ! curl -s -o /dev/null "$ENDPOINT/" || die "something already listens on $ENDPOINT"
+  # On failure, free the RAM but keep $DIR for its logs.
+  trap 'stop_daemons' EXIT
   mkdir -p "$DIR"/{run,crash,log,mon/a,osd/0,rgw}
   fsid=$(cat /proc/sys/kernel/random/uuid)
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -154,23 +191,24 @@ start() {
 
   monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$MON_PORT]" \
     "$DIR/monmap" >/dev/null
-  ceph-mon -c "$CONF" -i a --mkfs --monmap "$DIR/monmap"
-  ceph-mon -c "$CONF" -i a
+  launch mon.a-mkfs ceph-mon -c "$CONF" -i a --mkfs --monmap "$DIR/monmap"
+  launch mon.a ceph-mon -c "$CONF" -i a
   wait_for "mon quorum" "$DIR/log/mon.a.log" mon_in_quorum
 
   osd_id=$(ceph_cli osd new "$osd_uuid")
   [[ $osd_id == 0 ]] || die "expected osd id 0, got '$osd_id'"
-  ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>"$DIR/log/osd-mkfs.err" ||
-    die "osd mkfs failed: $(cat "$DIR/log/osd-mkfs.err")"
-  ceph-osd -c "$CONF" -i 0
+  launch osd.0-mkfs ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid"
+  launch osd.0 ceph-osd -c "$CONF" -i 0
   wait_for "osd up" "$DIR/log/osd.0.log" osd_up
 
-  # rgw creates its pools and the default zone/zonegroup itself on first start.
-  radosgw -c "$CONF" -n client.rgw
+  # rgw creates its pools and the default zone/zonegroup itself on first
+  # start, and only daemonizes once that is done (or rgw_init_timeout passed).
+  launch client.rgw radosgw -c "$CONF" -n client.rgw \
+    --rgw-init-timeout "$((DEADLINE - SECONDS))"
   wait_for "rgw answering on $ENDPOINT" "$DIR/log/client.rgw.log" rgw_up
 
-  radosgw-admin -c "$CONF" user create --uid funnel --display-name funnel \
-    --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" >/dev/null
+  launch user-create radosgw-admin -c "$CONF" user create --uid funnel --display-name funnel \
+    --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY"
   for bucket in ${BUCKETS//,/ }; do
     first_bucket=${first_bucket:-$bucket}
     create_bucket "$bucket"
@@ -179,6 +217,7 @@ start() {
   cat >"$DIR/env.sh" <<EOF
 export AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY AWS_ENDPOINT_URL=$ENDPOINT AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true FUNNEL_S3_BUCKET=${first_bucket:-}
 EOF
+  trap - EXIT
   log "ready in ${SECONDS}s (env written to $DIR/env.sh)"
   cat "$DIR/env.sh"
 }

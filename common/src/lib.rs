@@ -9,16 +9,17 @@
 //! - [`decode`]: Arrow record batches -> [`batch::Batch`], with label policies and counts.
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
-//! - [`gen`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
+//! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact metrics (AUC with averaged ties).
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
+//! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`error`]: the crate's error type.
 
 pub mod batch;
 pub mod columns;
 pub mod decode;
 pub mod error;
-pub mod gen;
+pub mod synth;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
@@ -26,5 +27,6 @@ pub mod reader;
 pub mod rng;
 pub mod spec;
 pub mod store;
+pub mod validate;
 
 pub use error::{DataLocation, Error, Result};

@@ -92,7 +92,7 @@ impl StoreUrl {
     pub fn child(&self, name: &str) -> Path {
         name.split('/')
             .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |p, part| p.child(part))
+            .fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     /// A store error for `path`, with hints for the usual causes.

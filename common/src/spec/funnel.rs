@@ -66,6 +66,8 @@ pub struct ResolvedStage {
     pub name: String,
     /// Label columns (OR-ed); empty for stages without a label.
     pub label_columns: Vec<String>,
+    /// The spec key that sets the label (`funnel.labels.pay`, `funnel.stages[3].label`).
+    pub label_key: String,
     /// The conditioning stage; `None` is the impression.
     pub given: Option<usize>,
     /// The sibling stage whose outcome selects between this stage's two towers.
@@ -157,6 +159,10 @@ impl ResolvedFunnel {
                 ResolvedStage {
                     name: s.name.clone(),
                     label_columns: s.label.as_ref().map(LabelRef::columns).unwrap_or_default(),
+                    label_key: match preset {
+                        Some(_) => format!("funnel.labels.{}", s.name),
+                        None => format!("funnel.stages[{i}].label"),
+                    },
                     given: s.given.as_deref().map(|g| position[g]),
                     branch_on: s.branch_on.as_deref().map(|b| position[b]),
                 }

@@ -5,10 +5,12 @@
 
 mod check;
 mod funnel;
+mod synthetic;
 mod types;
 
 pub use check::ConfigIssue;
 pub use funnel::{Preset, ResolvedFunnel, ResolvedStage};
+pub use synthetic::synthetic_job_toml;
 pub use types::*;
 
 use crate::error::{Error, Result};

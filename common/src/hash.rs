@@ -1,0 +1,88 @@
+//! The stable feature hash. A serving system in any language reproduces bucket ids from this
+//! description alone (docs/hashing.md repeats it; tests pin fixed vectors):
+//!
+//! - Algorithm: XXH64 (xxHash, 64-bit variant), as in the reference C library.
+//! - Seed per embedding table: `XXH64(UTF-8 bytes of the table name, seed = 0)`. A feature's
+//!   table is its `table` key, or its column name when absent; features sharing a table share
+//!   the seed, so the same id lands on the same row from either feature.
+//! - Value bytes: integers of any width and signedness are widened to 64-bit two's complement
+//!   and written as 8 bytes little-endian; strings are their UTF-8 bytes; a null is the single
+//!   byte `0xFF` (never valid UTF-8 on its own, never 8 bytes long, so it collides with no value).
+//! - Bucket: `XXH64(value bytes, table seed) mod buckets`.
+
+use xxhash_rust::xxh64::xxh64;
+
+/// The value bytes of a null.
+pub const NULL_BYTES: [u8; 1] = [0xFF];
+
+/// The hash seed of an embedding table.
+pub fn table_seed(table: &str) -> u64 {
+    xxh64(table.as_bytes(), 0)
+}
+
+/// Bucket of a signed integer value (any width, sign-extended to 64 bits).
+#[inline]
+pub fn bucket_i64(value: i64, seed: u64, buckets: u64) -> u32 {
+    (xxh64(&value.to_le_bytes(), seed) % buckets) as u32
+}
+
+/// Bucket of an unsigned integer value (same bytes as its 64-bit two's complement).
+#[inline]
+pub fn bucket_u64(value: u64, seed: u64, buckets: u64) -> u32 {
+    (xxh64(&value.to_le_bytes(), seed) % buckets) as u32
+}
+
+/// Bucket of a string value.
+#[inline]
+pub fn bucket_str(value: &str, seed: u64, buckets: u64) -> u32 {
+    (xxh64(value.as_bytes(), seed) % buckets) as u32
+}
+
+/// Bucket of a null value.
+#[inline]
+pub fn bucket_null(seed: u64, buckets: u64) -> u32 {
+    (xxh64(&NULL_BYTES, seed) % buckets) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxh64_matches_the_reference_vectors() {
+        // From the xxHash reference test suite.
+        assert_eq!(xxh64(b"", 0), 0xEF46_DB37_51D8_E999);
+        assert_eq!(xxh64(b"a", 0), 0xD24E_C4F1_A98C_6E5B);
+        assert_eq!(xxh64(b"abc", 0), 0x44BC_2CF5_AD77_0999);
+    }
+
+    #[test]
+    fn integer_widths_and_signedness_agree() {
+        let seed = table_seed("item_id");
+        assert_eq!(bucket_i64(7, seed, 1000), bucket_u64(7, seed, 1000));
+        assert_eq!(bucket_i64(-1, seed, 1000), bucket_u64(u64::MAX, seed, 1000));
+        assert_ne!(bucket_null(seed, 1 << 30), bucket_str("", seed, 1 << 30));
+    }
+
+    /// Fixed vectors shared with tests/python/test_hash_vectors.py, which recomputes them with
+    /// the `xxhash` Python package from the rules above.
+    #[test]
+    fn pinned_vectors_from_fixture() {
+        let text = include_str!("../../tests/fixtures/hash_vectors.json");
+        let cases: Vec<serde_json::Value> = serde_json::from_str(text).expect("fixture parses");
+        assert!(cases.len() >= 8);
+        for case in cases {
+            let table = case["table"].as_str().expect("table");
+            let buckets = case["buckets"].as_u64().expect("buckets");
+            let expected = case["bucket"].as_u64().expect("bucket") as u32;
+            let seed = table_seed(table);
+            assert_eq!(seed, case["seed"].as_u64().expect("seed"), "{case}");
+            let got = match &case["value"] {
+                serde_json::Value::Null => bucket_null(seed, buckets),
+                serde_json::Value::String(s) => bucket_str(s, seed, buckets),
+                v => bucket_i64(v.as_i64().expect("integer"), seed, buckets),
+            };
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder until the gen-data branch lands metrics.

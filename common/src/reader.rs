@@ -1,0 +1,245 @@
+//! Streams one shard: for each row group, a ranged GET of just the projected column chunks
+//! (async I/O), then decoding on a bounded pool of blocking threads, never on the async runtime.
+
+use crate::batch::Batch;
+use crate::columns::DecodePlan;
+use crate::decode::{ChunkOrigin, DecodeStats, decode};
+use crate::error::{DataLocation, Error, Result};
+use crate::manifest::{DatasetManifest, Shard};
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::reader::{ChunkReader, Length};
+use std::ops::Range;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// One decoded row group.
+#[derive(Debug, Clone)]
+pub struct DecodedRowGroup {
+    /// Object index in the manifest.
+    pub object: usize,
+    /// Row group index.
+    pub row_group: usize,
+    /// Its rows (after label policies).
+    pub batch: Batch,
+    /// What decoding counted.
+    pub stats: DecodeStats,
+}
+
+/// Reads shards of one dataset under one decode plan. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShardReader {
+    manifest: Arc<DatasetManifest>,
+    plan: Arc<DecodePlan>,
+    decode_pool: Arc<Semaphore>,
+    read_batch_rows: usize,
+}
+
+impl ShardReader {
+    /// A reader that decodes on at most `decode_threads` threads at a time.
+    pub fn new(manifest: Arc<DatasetManifest>, plan: Arc<DecodePlan>, decode_threads: usize, read_batch_rows: usize) -> Self {
+        Self {
+            manifest,
+            plan,
+            decode_pool: Arc::new(Semaphore::new(decode_threads.max(1))),
+            read_batch_rows: read_batch_rows.max(1),
+        }
+    }
+
+    /// The manifest this reader reads from.
+    pub fn manifest(&self) -> &Arc<DatasetManifest> {
+        &self.manifest
+    }
+
+    /// Streams the row groups of a shard in order, fetching the next while one decodes.
+    pub fn read(&self, shard: Shard) -> BoxStream<'static, Result<DecodedRowGroup>> {
+        let this = self.clone();
+        futures::stream::iter(shard.row_groups)
+            .map(move |rg| {
+                let this = this.clone();
+                async move { this.read_row_group(shard.object, rg).await }
+            })
+            .buffered(2)
+            .boxed()
+    }
+
+    /// Fetches and decodes one row group.
+    pub async fn read_row_group(&self, object: usize, row_group: usize) -> Result<DecodedRowGroup> {
+        let entry = &self.manifest.objects[object];
+        let at = DataLocation {
+            object: entry.url.clone(),
+            row_group: Some(row_group),
+            ..Default::default()
+        };
+        let meta = entry.metadata.clone();
+        let roots = projected_roots(&meta, &self.plan);
+        let rg_meta = meta.metadata().row_group(row_group);
+        let schema = meta.parquet_schema();
+        let mut ranges: Vec<Range<u64>> = (0..schema.num_columns())
+            .filter(|&leaf| roots.contains(&schema.get_column_root_idx(leaf)))
+            .map(|leaf| {
+                let (start, len) = rg_meta.column(leaf).byte_range();
+                start..start + len
+            })
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        let parts = self
+            .manifest
+            .store
+            .store
+            .get_ranges(&entry.path, &ranges)
+            .await
+            .map_err(|e| self.manifest.store.error("read", &entry.path, e))?;
+        let chunk = FetchedRanges {
+            len: entry.size,
+            parts: ranges.iter().map(|r| r.start).zip(parts).collect(),
+        };
+
+        let _permit = self
+            .decode_pool
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        let plan = self.plan.clone();
+        let url = entry.url.clone();
+        let batch_rows = self.read_batch_rows;
+        let (batch, stats) = tokio::task::spawn_blocking(move || {
+            decode_row_group(&chunk, meta, &roots, &plan, &url, object, row_group, batch_rows)
+        })
+        .await
+        .map_err(|e| Error::Task(format!("decoding {at:?}: {e}")))??;
+        Ok(DecodedRowGroup {
+            object,
+            row_group,
+            batch,
+            stats,
+        })
+    }
+}
+
+/// Parquet root columns the plan reads.
+fn projected_roots(meta: &ArrowReaderMetadata, plan: &DecodePlan) -> Vec<usize> {
+    let fields = meta.parquet_schema().root_schema().get_fields();
+    plan.columns()
+        .iter()
+        .filter_map(|(c, _, _)| fields.iter().position(|f| f.name() == c))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_row_group(
+    chunk: &FetchedRanges,
+    meta: ArrowReaderMetadata,
+    roots: &[usize],
+    plan: &DecodePlan,
+    url: &str,
+    object: usize,
+    row_group: usize,
+    batch_rows: usize,
+) -> Result<(Batch, DecodeStats)> {
+    let mut out = Batch::empty(plan.categorical.len(), plan.lists.len(), plan.numeric.len(), plan.labels.len());
+    let mut stats = DecodeStats::default();
+    let fail = |e: ParquetError, column: Option<String>| Error::Parquet {
+        location: DataLocation {
+            object: url.to_string(),
+            row_group: Some(row_group),
+            column,
+            ..Default::default()
+        },
+        message: format!("cannot decode: {e}"),
+    };
+    let reader = |cols: &[usize]| {
+        let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
+        ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
+            .with_projection(mask)
+            .with_row_groups(vec![row_group])
+            .with_batch_size(batch_rows)
+            .build()
+    };
+    let mut first_row = 0u64;
+    for rb in reader(roots).map_err(|e| fail(e, None))? {
+        let rb = match rb {
+            Ok(rb) => rb,
+            Err(e) => return Err(fail(e.into(), guilty_column(&reader, roots, &meta))),
+        };
+        let origin = ChunkOrigin {
+            object: object as u32,
+            object_url: url,
+            row_group,
+            first_row,
+        };
+        let (b, s) = decode(plan, &rb, &origin)?;
+        first_row += rb.num_rows() as u64;
+        out.append(&b);
+        stats.merge(&s);
+    }
+    Ok((out, stats))
+}
+
+/// After a decode failure, finds the first column that fails on its own, so the error can
+/// name it. Only runs on the error path.
+fn guilty_column<R>(
+    reader: &impl Fn(&[usize]) -> parquet::errors::Result<R>,
+    roots: &[usize],
+    meta: &ArrowReaderMetadata,
+) -> Option<String>
+where
+    R: Iterator<Item = std::result::Result<arrow_array::RecordBatch, arrow_schema::ArrowError>>,
+{
+    let fields = meta.parquet_schema().root_schema().get_fields();
+    roots.iter().find_map(|&root| {
+        let failed = match reader(&[root]) {
+            Err(_) => true,
+            Ok(mut batches) => batches.any(|b| b.is_err()),
+        };
+        failed.then(|| fields[root].name().to_string())
+    })
+}
+
+/// The fetched column-chunk byte ranges of one object, readable by parquet's sync decoder.
+#[derive(Debug, Clone)]
+struct FetchedRanges {
+    len: u64,
+    /// (start offset, bytes), sorted by start.
+    parts: Vec<(u64, Bytes)>,
+}
+
+impl FetchedRanges {
+    fn part(&self, start: u64, len: usize) -> parquet::errors::Result<Bytes> {
+        self.parts
+            .iter()
+            .find(|(s, b)| *s <= start && start + len as u64 <= s + b.len() as u64)
+            .map(|(s, b)| b.slice((start - s) as usize..(start - s) as usize + len))
+            .ok_or_else(|| {
+                ParquetError::General(format!("bytes {start}..{} were not fetched", start + len as u64))
+            })
+    }
+}
+
+impl Length for FetchedRanges {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for FetchedRanges {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let (s, b) = self
+            .parts
+            .iter()
+            .find(|(s, b)| *s <= start && start < s + b.len() as u64)
+            .ok_or_else(|| ParquetError::General(format!("offset {start} was not fetched")))?;
+        Ok(b.slice((start - s) as usize..).reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.part(start, length)
+    }
+}

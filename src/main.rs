@@ -1,0 +1,137 @@
+//! The `funnel` command: argument parsing and dispatch only; the work lives in the crates.
+
+mod args;
+
+use anyhow::{Context, Result};
+use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, ValidateArgs};
+use clap::Parser;
+use funnel_common::spec::{Job, synthetic_job_toml};
+use funnel_common::synth::{GenOptions, TruthRates, generate};
+use funnel_common::validate::validate;
+use std::path::Path;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Validate(a) => run_validate(a).await,
+        Command::GenData(a) => run_gen_data(a).await,
+        Command::Demo(a) => run_demo(a).await,
+    }
+}
+
+async fn run_validate(a: ValidateArgs) -> Result<()> {
+    let job = Job::load(&a.config)?;
+    let report = validate(&job, !a.schema_only).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+        println!("ok: {} is valid", a.config.display());
+    }
+    Ok(())
+}
+
+async fn run_gen_data(a: GenDataArgs) -> Result<()> {
+    let opts = GenOptions {
+        rows: a.rows,
+        files: a.files,
+        row_group_rows: a.row_group_rows,
+        seed: a.seed,
+        output: a.output.clone(),
+        eval_fraction: a.eval_fraction,
+        users: a.users,
+        items: a.items,
+        zipf_exponent: a.zipf_exponent,
+        rates: TruthRates {
+            click: a.click_rate,
+            favorite: a.favorite_rate,
+            order_given_fav: a.order_given_fav_rate,
+            order_given_no_fav: a.order_given_no_fav_rate,
+            pay: a.pay_rate,
+        },
+        ..GenOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let summary = generate(&opts).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "wrote {} train + {} eval rows in {} objects under {} ({secs:.1} s, {:.0} rows/s)",
+        summary.train_rows,
+        summary.eval_rows,
+        summary.objects.len(),
+        a.output,
+        (summary.train_rows + summary.eval_rows) as f64 / secs.max(1e-9)
+    );
+    for (label, n) in &summary.positives {
+        println!("  positives {label}: {n}");
+    }
+    if let Some(path) = a.write_config {
+        write_config(&path, &a.output, "")?;
+        println!("job spec for this data: {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_demo(a: DemoArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let dir = std::path::absolute(&a.dir)?;
+    let data = dir.join("data");
+    let data_url = format!("file://{}", data.display());
+    let output_url = format!("file://{}", dir.join("output").display());
+    println!("[1/2] generating {} rows of synthetic funnel logs into {data_url}", a.rows);
+    let opts = GenOptions {
+        rows: a.rows,
+        files: 2,
+        row_group_rows: 16_384,
+        output: data_url.clone(),
+        ..GenOptions::default()
+    };
+    generate(&opts).await?;
+    let config = dir.join("job.toml");
+    write_config(&config, &data_url, &output_url)?;
+    println!("[2/2] validating {}", config.display());
+    let job = Job::load(&config)?;
+    let report = validate(&job, true).await?;
+    print!("{report}");
+    println!("demo ok: data and job spec are in {}", dir.display());
+    println!("(training on this spec arrives with the model and cluster issues; see README)");
+    Ok(())
+}
+
+fn write_config(path: &Path, data_url: &str, output_url: &str) -> Result<()> {
+    let output = if output_url.is_empty() {
+        format!("{}/output", data_url.trim_end_matches('/'))
+    } else {
+        output_url.to_string()
+    };
+    std::fs::write(path, synthetic_job_toml(data_url, &output))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
