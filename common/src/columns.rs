@@ -19,6 +19,8 @@ pub struct HashedField {
     pub buckets: u64,
     /// For list features, the most ids kept per row.
     pub max_len: usize,
+    /// For list features stored as delimited strings, the delimiter.
+    pub separator: Option<String>,
 }
 
 /// A numeric feature.
@@ -79,6 +81,7 @@ impl DecodePlan {
                 seed: table_seed(table.as_deref().unwrap_or(column)),
                 buckets,
                 max_len,
+                separator: None,
             }
         };
         let categorical = f
@@ -94,7 +97,10 @@ impl DecodePlan {
             .list
             .iter()
             .enumerate()
-            .map(|(i, c)| hashed(format!("features.list[{i}]"), &c.column, &c.table, c.buckets, c.max_len))
+            .map(|(i, c)| HashedField {
+                separator: c.separator.clone(),
+                ..hashed(format!("features.list[{i}]"), &c.column, &c.table, c.buckets, c.max_len)
+            })
             .collect();
         let numeric = f
             .numeric
@@ -147,7 +153,8 @@ impl DecodePlan {
             add(&f.column, format!("{}.column", f.key), ColumnRole::Categorical);
         }
         for f in &self.lists {
-            add(&f.column, format!("{}.column", f.key), ColumnRole::List);
+            let role = if f.separator.is_some() { ColumnRole::DelimitedList } else { ColumnRole::List };
+            add(&f.column, format!("{}.column", f.key), role);
         }
         for f in &self.numeric {
             add(&f.column, format!("{}.column", f.key), ColumnRole::Numeric);
@@ -190,6 +197,8 @@ pub enum ColumnRole {
     Categorical,
     /// Hashed list of values.
     List,
+    /// Hashed list stored as a delimited string.
+    DelimitedList,
     /// Number.
     Numeric,
     /// 0/1 label.
@@ -204,6 +213,7 @@ impl ColumnRole {
                 DataType::List(f) | DataType::LargeList(f) => is_hashable(f.data_type()),
                 _ => false,
             },
+            Self::DelimitedList => is_string(t),
             Self::Numeric => t.is_numeric() || *t == DataType::Boolean,
             Self::Label => t.is_integer() || t.is_floating() || *t == DataType::Boolean,
         }
@@ -213,6 +223,7 @@ impl ColumnRole {
         match self {
             Self::Categorical => "a categorical feature (integer or string)",
             Self::List => "a list feature (list of integers or strings)",
+            Self::DelimitedList => "a delimited list feature (string)",
             Self::Numeric => "a numeric feature (integer, float or boolean)",
             Self::Label => "a label (integer, float or boolean holding 0/1)",
         }
@@ -222,6 +233,10 @@ impl ColumnRole {
 fn is_hashable(t: &DataType) -> bool {
     match t {
         DataType::Dictionary(_, v) => is_hashable(v),
-        t => t.is_integer() || matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        t => t.is_integer() || is_string(t),
     }
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }

@@ -122,7 +122,11 @@ pub fn decode(plan: &DecodePlan, rb: &RecordBatch, origin: &ChunkOrigin) -> Resu
     for (dst, f) in batch.lists.iter_mut().zip(&plan.lists) {
         let key = format!("{}.column", f.key);
         let arr = column(&f.column, &key)?;
-        *dst = hash_bag(arr, f.seed, f.buckets, f.max_len, kept.as_deref()).map_err(|m| Error::Parquet {
+        let bag = match &f.separator {
+            Some(sep) => split_bag(arr, sep, f.seed, f.buckets, f.max_len, kept.as_deref()),
+            None => hash_bag(arr, f.seed, f.buckets, f.max_len, kept.as_deref()),
+        };
+        *dst = bag.map_err(|m| Error::Parquet {
             location: origin.at(None, &f.column, &key),
             message: m,
         })?;
@@ -201,7 +205,8 @@ fn read_label<'a>(
 }
 
 /// Finds rows where a stage is 1 but its labelled ancestor is 0, and applies the policy.
-/// Stages are visited children-first so that a repair cascades up the funnel.
+/// Violations are counted on the labels as read; a repair then cascades up the funnel (children
+/// first), so `pay=1, order=0, click=0` ends with all three set.
 fn apply_funnel_policy(
     plan: &DecodePlan,
     labels: &mut [Vec<u8>],
@@ -214,7 +219,7 @@ fn apply_funnel_policy(
             continue;
         }
         let mut inconsistent = false;
-        for (j, field) in plan.labels.iter().enumerate().rev() {
+        for (j, field) in plan.labels.iter().enumerate() {
             let Some(a) = field.ancestor else { continue };
             if labels[j][r] == 1 && labels[a][r] == 0 {
                 let parent = &plan.labels[a];
@@ -233,21 +238,28 @@ fn apply_funnel_policy(
                 }
                 *stats.inconsistent.entry(what).or_default() += 1;
                 inconsistent = true;
-                if plan.inconsistent == InconsistentPolicy::Repair {
-                    labels[a][r] = 1;
-                }
             }
         }
-        if inconsistent {
-            stats.inconsistent_rows += 1;
-            match plan.inconsistent {
-                InconsistentPolicy::Drop => {
-                    keep[r] = false;
-                    stats.dropped_inconsistent += 1;
-                }
-                InconsistentPolicy::Repair => stats.repaired += 1,
-                InconsistentPolicy::Fail => {}
+        if !inconsistent {
+            continue;
+        }
+        stats.inconsistent_rows += 1;
+        match plan.inconsistent {
+            InconsistentPolicy::Drop => {
+                keep[r] = false;
+                stats.dropped_inconsistent += 1;
             }
+            InconsistentPolicy::Repair => {
+                for (j, field) in plan.labels.iter().enumerate().rev() {
+                    if let Some(a) = field.ancestor {
+                        if labels[j][r] == 1 {
+                            labels[a][r] = 1;
+                        }
+                    }
+                }
+                stats.repaired += 1;
+            }
+            InconsistentPolicy::Fail => {}
         }
     }
     Ok(())
@@ -364,6 +376,36 @@ fn hash_bag(
         if !arr.is_null(r) {
             let row = (offsets[r]..offsets[r + 1]).filter(|&j| !values.is_null(j)).take(max_len);
             bag.ids.extend(row.map(|j| ids[j]));
+        }
+        bag.offsets.push(bag.ids.len() as u32);
+    };
+    match kept {
+        None => (0..arr.len()).for_each(&mut push_row),
+        Some(rows) => rows.iter().copied().for_each(&mut push_row),
+    }
+    Ok(bag)
+}
+
+/// Hashes a string column of delimited ids into a bag (null strings and empty pieces skipped).
+fn split_bag(
+    arr: &ArrayRef,
+    separator: &str,
+    seed: u64,
+    buckets: u64,
+    max_len: usize,
+    kept: Option<&[usize]>,
+) -> std::result::Result<Bag, String> {
+    let strings: Vec<Option<&str>> = match arr.data_type() {
+        DataType::Utf8 => arr.as_string::<i32>().iter().collect(),
+        DataType::LargeUtf8 => arr.as_string::<i64>().iter().collect(),
+        DataType::Utf8View => arr.as_string_view().iter().collect(),
+        t => return Err(format!("type {t} is not a string; `separator` needs strings")),
+    };
+    let mut bag = Bag::new();
+    let mut push_row = |r: usize| {
+        if let Some(s) = strings[r] {
+            let pieces = s.split(separator).filter(|p| !p.is_empty()).take(max_len);
+            bag.ids.extend(pieces.map(|p| bucket_str(p, seed, buckets)));
         }
         bag.offsets.push(bag.ids.len() as u32);
     };

@@ -67,7 +67,8 @@ impl DatasetManifest {
     /// Lists `url` and reads every footer, at most `concurrency` at a time.
     ///
     /// Objects whose name starts with `_` or `.` (`_SUCCESS`, `.crc` files, Spark's markers) are
-    /// ignored; every other object must be Parquet.
+    /// ignored; every other object must be Parquet. A URL that names one object is a dataset of
+    /// that object.
     pub async fn build(url: &str, key: &str, concurrency: usize) -> Result<Self> {
         let store = StoreUrl::open(url, key)?;
         let prefix_url = store.object_url(&store.prefix);
@@ -82,6 +83,12 @@ impl DatasetManifest {
             .await
             .map_err(|e| crate::store::store_error("list", prefix_url.clone(), e))?;
         listed.sort_by(|a, b| a.location.cmp(&b.location));
+        if listed.is_empty() {
+            // The URL may name one object rather than a prefix.
+            if let Ok(meta) = store.store.head(&store.prefix).await {
+                listed.push(meta);
+            }
+        }
         if listed.is_empty() {
             return Err(Error::EmptyDataset {
                 url: prefix_url,

@@ -134,14 +134,35 @@ fn parse(url: &str) -> std::result::Result<Url, String> {
     }
     if !url.contains("://") {
         // A plain path: local files, relative to the working directory.
-        let abs = std::path::absolute(url).map_err(|e| e.to_string())?;
-        return Url::from_file_path(&abs).map_err(|()| format!("not a usable path: {}", abs.display()));
+        let abs = normalize(&std::path::absolute(url).map_err(|e| e.to_string())?);
+        let mut parsed =
+            Url::from_file_path(&abs).map_err(|()| format!("not a usable path: {}", abs.display()))?;
+        if url.ends_with('/') && !parsed.path().ends_with('/') {
+            parsed.set_path(&format!("{}/", parsed.path()));
+        }
+        return Ok(parsed);
     }
     let parsed = Url::parse(url).map_err(|e| e.to_string())?;
     if parsed.scheme() == "memory" && parsed.host_str().unwrap_or_default().is_empty() {
         return Err("memory URLs name a store: memory://NAME/prefix".into());
     }
     Ok(parsed)
+}
+
+/// Resolves `.` and `..` lexically (the path may not exist yet, so no canonicalize).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Process-wide in-memory stores by name, so that a writer and a reader in one process (tests,
@@ -197,6 +218,12 @@ mod tests {
             s.object_url(&s.child("a/b.parquet")),
             "file:///tmp/funnel-x/data/a/b.parquet"
         );
+    }
+
+    #[test]
+    fn relative_segments_are_resolved() {
+        let s = StoreUrl::open("/tmp/a/../b/./c/", "k").expect("opens");
+        assert_eq!(s.prefix.as_ref(), "tmp/b/c");
     }
 
     #[test]

@@ -185,3 +185,14 @@ fn wrong_column_type_names_column_and_key() {
     let msg = decode(&plan, &rb, &ORIGIN).expect_err("bad type").to_string();
     assert!(msg.contains("`price`") && msg.contains("features.numeric[0].column"), "{msg}");
 }
+
+#[test]
+fn counts_do_not_depend_on_the_policy() {
+    let rows = [[0, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]];
+    let (_, dropped) = run("drop", "fail", &rows).expect("decodes");
+    let (b, repaired) = run("repair", "fail", &rows).expect("decodes");
+    assert_eq!(dropped.inconsistent, repaired.inconsistent);
+    assert_eq!(dropped.inconsistent_rows, 2);
+    // Row 1: pay=1 only -> order and then click repaired.
+    assert_eq!([b.labels[0][1], b.labels[1][1], b.labels[2][1], b.labels[3][1]], [1, 0, 1, 1]);
+}

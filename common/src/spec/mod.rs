@@ -35,7 +35,25 @@ impl Job {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let mut spec = parse_spec(&text, &origin)?;
+        // Relative local paths in the spec are relative to the spec file, not to the shell's
+        // working directory, so a spec works from wherever it is launched.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for url in [Some(&mut spec.data.train), spec.data.eval.as_mut(), spec.output.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if !url.contains("://") && Path::new(url.as_str()).is_relative() && !url.is_empty() {
+                let joined = base.join(url.as_str());
+                let mut s = joined.display().to_string();
+                if url.ends_with('/') && !s.ends_with('/') {
+                    s.push('/');
+                }
+                *url = s;
+            }
+        }
+        Self::from_spec(spec, &origin)
     }
 
     /// Parses and validates a job spec from TOML text; `origin` names it in errors.

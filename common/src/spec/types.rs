@@ -148,6 +148,10 @@ pub struct ListSpec {
     pub dim: usize,
     /// Keep at most this many ids per row (the first ones).
     pub max_len: usize,
+    /// For string columns holding delimited ids (`"12|7|9"`): the delimiter. Pieces are hashed
+    /// as strings; empty pieces are skipped.
+    #[serde(default)]
+    pub separator: Option<String>,
     /// Embedding table name, shared as for categorical features.
     #[serde(default)]
     pub table: Option<String>,
