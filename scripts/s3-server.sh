@@ -107,7 +107,8 @@ mon warn on insecure global id reclaim = false
 paxos propose interval = 0.05
 [osd]
 # RAM-backed object store: no block device, nothing to format, fast start.
-# Its size is what the OSD reports as capacity (writes stop at the full ratio).
+# Its size is the capacity the OSD reports. This is a soft cap: the full check
+# runs every few seconds, and a full OSD makes PUTs hang instead of failing.
 osd objectstore = memstore
 memstore device bytes = $MEM_BYTES
 [client.rgw]
