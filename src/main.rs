@@ -13,7 +13,10 @@ use std::path::Path;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -91,12 +94,16 @@ async fn run_gen_data(a: GenDataArgs) -> Result<()> {
 }
 
 async fn run_demo(a: DemoArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let dir = std::path::absolute(&a.dir)?;
     let data = dir.join("data");
     let data_url = format!("file://{}", data.display());
     let output_url = format!("file://{}", dir.join("output").display());
-    println!("[1/2] generating {} rows of synthetic funnel logs into {data_url}", a.rows);
+    println!(
+        "[1/2] generating {} rows of synthetic funnel logs into {data_url}",
+        a.rows
+    );
     let opts = GenOptions {
         rows: a.rows,
         files: 2,
@@ -129,7 +136,9 @@ fn write_config(path: &Path, data_url: &str, output_url: &str) -> Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

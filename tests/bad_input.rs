@@ -31,7 +31,10 @@ preset = "esmm"
 fn table(edit: impl FnOnce(&mut Vec<(&'static str, ArrayRef)>)) -> RecordBatch {
     let mut cols: Vec<(&'static str, ArrayRef)> = vec![
         ("user", Arc::new(Int64Array::from(vec![1, 2, 3, 4]))),
-        ("price", Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0, 4.0]))),
+        (
+            "price",
+            Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+        ),
         ("click", Arc::new(Int8Array::from(vec![0, 1, 1, 0]))),
         ("purchase", Arc::new(Int8Array::from(vec![0, 0, 1, 0]))),
     ];
@@ -73,7 +76,10 @@ fn missing_column() {
 #[test]
 fn wrong_type() {
     let dir = tempfile::tempdir().expect("tmp");
-    let train = dataset(dir.path(), &table(|c| c[1].1 = Arc::new(StringArray::from(vec!["a"; 4]))));
+    let train = dataset(
+        dir.path(),
+        &table(|c| c[1].1 = Arc::new(StringArray::from(vec!["a"; 4]))),
+    );
     validate(dir.path(), &spec(&train, "")).failure_naming(&[
         "part-0.parquet",
         "column `price`",
@@ -85,7 +91,10 @@ fn wrong_type() {
 #[test]
 fn null_label() {
     let dir = tempfile::tempdir().expect("tmp");
-    let train = dataset(dir.path(), &table(|c| c[2].1 = Arc::new(Int8Array::from(vec![Some(0), None, Some(1), Some(0)]))));
+    let train = dataset(
+        dir.path(),
+        &table(|c| c[2].1 = Arc::new(Int8Array::from(vec![Some(0), None, Some(1), Some(0)]))),
+    );
     validate(dir.path(), &spec(&train, "")).failure_naming(&[
         "part-0.parquet",
         "row group 0",
@@ -96,13 +105,20 @@ fn null_label() {
     ]);
     // With bad_rows = "skip" the row is skipped and counted.
     let run = validate(dir.path(), &spec(&train, "bad_rows = \"skip\"")).success();
-    assert!(run.stdout.contains("rows skipped for bad labels: 1"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("rows skipped for bad labels: 1"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn label_outside_zero_one() {
     let dir = tempfile::tempdir().expect("tmp");
-    let train = dataset(dir.path(), &table(|c| c[3].1 = Arc::new(Int8Array::from(vec![0, 0, 2, 0]))));
+    let train = dataset(
+        dir.path(),
+        &table(|c| c[3].1 = Arc::new(Int8Array::from(vec![0, 0, 2, 0]))),
+    );
     validate(dir.path(), &spec(&train, "")).failure_naming(&[
         "row 2",
         "column `purchase`",
@@ -114,7 +130,10 @@ fn label_outside_zero_one() {
 #[test]
 fn funnel_inconsistent_rows_follow_the_policy() {
     let dir = tempfile::tempdir().expect("tmp");
-    let train = dataset(dir.path(), &table(|c| c[3].1 = Arc::new(Int8Array::from(vec![1, 0, 1, 0]))));
+    let train = dataset(
+        dir.path(),
+        &table(|c| c[3].1 = Arc::new(Int8Array::from(vec![1, 0, 1, 0]))),
+    );
     validate(dir.path(), &spec(&train, "")).failure_naming(&[
         "part-0.parquet",
         "row group 0",
@@ -123,9 +142,21 @@ fn funnel_inconsistent_rows_follow_the_policy() {
         "inconsistent_labels",
     ]);
     let run = validate(dir.path(), &spec(&train, "inconsistent_labels = \"drop\"")).success();
-    assert!(run.stdout.contains("kept 3") && run.stdout.contains("dropped 1"), "{}", run.stdout);
-    let run = validate(dir.path(), &spec(&train, "inconsistent_labels = \"repair\"")).success();
-    assert!(run.stdout.contains("kept 4") && run.stdout.contains("repaired 1"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("kept 3") && run.stdout.contains("dropped 1"),
+        "{}",
+        run.stdout
+    );
+    let run = validate(
+        dir.path(),
+        &spec(&train, "inconsistent_labels = \"repair\""),
+    )
+    .success();
+    assert!(
+        run.stdout.contains("kept 4") && run.stdout.contains("repaired 1"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -148,7 +179,11 @@ fn truncated_object_and_corrupt_footer() {
 fn unreadable_object() {
     let dir = tempfile::tempdir().expect("tmp");
     let train = dataset(dir.path(), &table(|_| {}));
-    std::fs::write(dir.path().join("data/notes.txt"), "not parquet at all, but long enough").expect("write");
+    std::fs::write(
+        dir.path().join("data/notes.txt"),
+        "not parquet at all, but long enough",
+    )
+    .expect("write");
     validate(dir.path(), &spec(&train, "")).failure_naming(&["notes.txt", "not a Parquet file"]);
 }
 
@@ -157,8 +192,16 @@ fn empty_prefix_and_unknown_scheme() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::create_dir_all(dir.path().join("empty")).expect("mkdir");
     let empty = format!("{}/empty/", dir.path().display());
-    validate(dir.path(), &spec(&empty, "")).failure_naming(&["empty", "data.train", "no Parquet objects"]);
-    validate(dir.path(), &spec("hdfs://cluster/logs/", "")).failure_naming(&["hdfs://cluster/logs/", "data.train", "unknown scheme"]);
+    validate(dir.path(), &spec(&empty, "")).failure_naming(&[
+        "empty",
+        "data.train",
+        "no Parquet objects",
+    ]);
+    validate(dir.path(), &spec("hdfs://cluster/logs/", "")).failure_naming(&[
+        "hdfs://cluster/logs/",
+        "data.train",
+        "unknown scheme",
+    ]);
 }
 
 #[test]

@@ -79,7 +79,12 @@ impl Batch {
 
     /// An empty batch shaped like this one.
     pub fn empty_like(&self) -> Self {
-        Self::empty(self.categorical.len(), self.lists.len(), self.n_numeric, self.labels.len())
+        Self::empty(
+            self.categorical.len(),
+            self.lists.len(),
+            self.n_numeric,
+            self.labels.len(),
+        )
     }
 
     /// Numeric features of row `r`, `[n_numeric]`.
@@ -96,7 +101,8 @@ impl Batch {
         for (dst, src) in self.lists.iter_mut().zip(&other.lists) {
             let base = dst.ids.len() as u32;
             dst.ids.extend_from_slice(&src.ids);
-            dst.offsets.extend(src.offsets[1..].iter().map(|o| o + base));
+            dst.offsets
+                .extend(src.offsets[1..].iter().map(|o| o + base));
         }
         self.numeric.extend_from_slice(&other.numeric);
         for (dst, src) in self.labels.iter_mut().zip(&other.labels) {
@@ -220,7 +226,10 @@ mod tests {
     }
 
     fn all_rows(batches: &[Batch]) -> Vec<u32> {
-        let mut rows: Vec<u32> = batches.iter().flat_map(|b| b.categorical[0].clone()).collect();
+        let mut rows: Vec<u32> = batches
+            .iter()
+            .flat_map(|b| b.categorical[0].clone())
+            .collect();
         rows.sort_unstable();
         rows
     }
@@ -266,7 +275,10 @@ mod tests {
         for batch in &out {
             for r in 0..batch.rows {
                 let id = batch.categorical[0][r];
-                assert_eq!(batch.lists[0].row(r), vec![id; (id % 3) as usize].as_slice());
+                assert_eq!(
+                    batch.lists[0].row(r),
+                    vec![id; (id % 3) as usize].as_slice()
+                );
             }
         }
     }
@@ -277,7 +289,9 @@ mod tests {
             let mut b = Batcher::new(5, 16, seed);
             let mut out = b.push(&chunk(0, 30));
             out.extend(b.finish());
-            out.iter().flat_map(|b| b.categorical[0].clone()).collect::<Vec<_>>()
+            out.iter()
+                .flat_map(|b| b.categorical[0].clone())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));

@@ -74,16 +74,15 @@ impl DecodePlan {
     /// The plan of a validated job.
     pub fn new(job: &Job) -> Self {
         let f = &job.spec.features;
-        let hashed = |key: String, column: &str, table: &Option<String>, buckets, max_len| {
-            HashedField {
+        let hashed =
+            |key: String, column: &str, table: &Option<String>, buckets, max_len| HashedField {
                 column: column.to_string(),
                 key,
                 seed: table_seed(table.as_deref().unwrap_or(column)),
                 buckets,
                 max_len,
                 separator: None,
-            }
-        };
+            };
         let categorical = f
             .categorical
             .iter()
@@ -99,7 +98,13 @@ impl DecodePlan {
             .enumerate()
             .map(|(i, c)| HashedField {
                 separator: c.separator.clone(),
-                ..hashed(format!("features.list[{i}]"), &c.column, &c.table, c.buckets, c.max_len)
+                ..hashed(
+                    format!("features.list[{i}]"),
+                    &c.column,
+                    &c.table,
+                    c.buckets,
+                    c.max_len,
+                )
             })
             .collect();
         let numeric = f
@@ -150,10 +155,18 @@ impl DecodePlan {
             }
         };
         for f in &self.categorical {
-            add(&f.column, format!("{}.column", f.key), ColumnRole::Categorical);
+            add(
+                &f.column,
+                format!("{}.column", f.key),
+                ColumnRole::Categorical,
+            );
         }
         for f in &self.lists {
-            let role = if f.separator.is_some() { ColumnRole::DelimitedList } else { ColumnRole::List };
+            let role = if f.separator.is_some() {
+                ColumnRole::DelimitedList
+            } else {
+                ColumnRole::List
+            };
             add(&f.column, format!("{}.column", f.key), role);
         }
         for f in &self.numeric {
@@ -181,7 +194,11 @@ impl DecodePlan {
                 Err(_) => problems.push((at, "column is missing".to_string())),
                 Ok(field) if !role.accepts(field.data_type()) => problems.push((
                     at,
-                    format!("type {} cannot be read as {}", field.data_type(), role.expects()),
+                    format!(
+                        "type {} cannot be read as {}",
+                        field.data_type(),
+                        role.expects()
+                    ),
                 )),
                 Ok(_) => {}
             }

@@ -27,14 +27,14 @@ pub struct ChunkOrigin<'a> {
 }
 
 impl ChunkOrigin<'_> {
-    fn at(&self, row: Option<usize>, column: &str, key: &str) -> DataLocation {
-        DataLocation {
+    fn at(&self, row: Option<usize>, column: &str, key: &str) -> Box<DataLocation> {
+        Box::new(DataLocation {
             object: self.object_url.to_string(),
             row_group: Some(self.row_group),
             row: row.map(|r| self.first_row + r as u64),
             column: Some(column.to_string()),
             key: Some(key.to_string()),
-        }
+        })
     }
 }
 
@@ -77,7 +77,11 @@ impl DecodeStats {
 }
 
 /// Decodes one record batch under `plan`.
-pub fn decode(plan: &DecodePlan, rb: &RecordBatch, origin: &ChunkOrigin) -> Result<(Batch, DecodeStats)> {
+pub fn decode(
+    plan: &DecodePlan,
+    rb: &RecordBatch,
+    origin: &ChunkOrigin,
+) -> Result<(Batch, DecodeStats)> {
     let n = rb.num_rows();
     let column = |name: &str, key: &str| {
         rb.column_by_name(name).ok_or_else(|| Error::Parquet {
@@ -94,7 +98,14 @@ pub fn decode(plan: &DecodePlan, rb: &RecordBatch, origin: &ChunkOrigin) -> Resu
     let mut labels: Vec<Vec<u8>> = Vec::with_capacity(plan.labels.len());
     let mut keep = vec![true; n];
     for field in &plan.labels {
-        labels.push(read_label(field, &column, origin, plan.bad_rows, &mut keep, &mut stats)?);
+        labels.push(read_label(
+            field,
+            &column,
+            origin,
+            plan.bad_rows,
+            &mut keep,
+            &mut stats,
+        )?);
     }
     apply_funnel_policy(plan, &mut labels, &mut keep, origin, &mut stats)?;
     let kept: Option<Vec<usize>> = if keep.iter().all(|&k| k) {
@@ -108,7 +119,12 @@ pub fn decode(plan: &DecodePlan, rb: &RecordBatch, origin: &ChunkOrigin) -> Resu
     };
     let rows = kept.as_ref().map_or(n, Vec::len);
 
-    let mut batch = Batch::empty(plan.categorical.len(), plan.lists.len(), plan.numeric.len(), plan.labels.len());
+    let mut batch = Batch::empty(
+        plan.categorical.len(),
+        plan.lists.len(),
+        plan.numeric.len(),
+        plan.labels.len(),
+    );
     batch.rows = rows;
     for (dst, f) in batch.categorical.iter_mut().zip(&plan.categorical) {
         let key = format!("{}.column", f.key);
@@ -181,8 +197,8 @@ fn read_label<'a>(
         })?;
         for (r, v) in values.into_iter().enumerate() {
             match v {
-                Some(x) if x == 0.0 => {}
-                Some(x) if x == 1.0 => out[r] = 1,
+                Some(0.0) => {}
+                Some(1.0) => out[r] = 1,
                 bad => {
                     if policy == BadRowPolicy::Fail {
                         return Err(Error::BadLabel {
@@ -251,10 +267,8 @@ fn apply_funnel_policy(
             }
             InconsistentPolicy::Repair => {
                 for (j, field) in plan.labels.iter().enumerate().rev() {
-                    if let Some(a) = field.ancestor {
-                        if labels[j][r] == 1 {
-                            labels[a][r] = 1;
-                        }
+                    if let (Some(a), 1) = (field.ancestor, labels[j][r]) {
+                        labels[a][r] = 1;
                     }
                 }
                 stats.repaired += 1;
@@ -285,14 +299,21 @@ fn transform(f: &NumericField, values: Vec<Option<f64>>, stats: &mut DecodeStats
         .collect()
 }
 
-fn primitive_f64<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, f: impl Fn(T::Native) -> f64) -> Vec<Option<f64>> {
+fn primitive_f64<T: ArrowPrimitiveType>(
+    a: &PrimitiveArray<T>,
+    f: impl Fn(T::Native) -> f64,
+) -> Vec<Option<f64>> {
     a.iter().map(|v| v.map(&f)).collect()
 }
 
 /// Any numeric or boolean column as optional f64 values.
 fn read_numbers(arr: &ArrayRef) -> std::result::Result<Vec<Option<f64>>, String> {
     Ok(match arr.data_type() {
-        DataType::Boolean => arr.as_boolean().iter().map(|v| v.map(|b| b as u8 as f64)).collect(),
+        DataType::Boolean => arr
+            .as_boolean()
+            .iter()
+            .map(|v| v.map(|b| b as u8 as f64))
+            .collect(),
         DataType::Int8 => primitive_f64(arr.as_primitive::<Int8Type>(), |v| v as f64),
         DataType::Int16 => primitive_f64(arr.as_primitive::<Int16Type>(), |v| v as f64),
         DataType::Int32 => primitive_f64(arr.as_primitive::<Int32Type>(), |v| v as f64),
@@ -308,7 +329,11 @@ fn read_numbers(arr: &ArrayRef) -> std::result::Result<Vec<Option<f64>>, String>
     })
 }
 
-fn hash_primitive<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, null: u32, f: impl Fn(T::Native) -> u32) -> Vec<u32> {
+fn hash_primitive<T: ArrowPrimitiveType>(
+    a: &PrimitiveArray<T>,
+    null: u32,
+    f: impl Fn(T::Native) -> u32,
+) -> Vec<u32> {
     if a.null_count() == 0 {
         a.values().iter().map(|&v| f(v)).collect()
     } else {
@@ -326,9 +351,15 @@ fn hash_values(arr: &ArrayRef, seed: u64, buckets: u64) -> std::result::Result<V
         DataType::Int32 => hash_primitive(arr.as_primitive::<Int32Type>(), null, |v| int(v as i64)),
         DataType::Int64 => hash_primitive(arr.as_primitive::<Int64Type>(), null, int),
         DataType::UInt8 => hash_primitive(arr.as_primitive::<UInt8Type>(), null, |v| int(v as i64)),
-        DataType::UInt16 => hash_primitive(arr.as_primitive::<UInt16Type>(), null, |v| int(v as i64)),
-        DataType::UInt32 => hash_primitive(arr.as_primitive::<UInt32Type>(), null, |v| int(v as i64)),
-        DataType::UInt64 => hash_primitive(arr.as_primitive::<UInt64Type>(), null, |v| bucket_u64(v, seed, buckets)),
+        DataType::UInt16 => {
+            hash_primitive(arr.as_primitive::<UInt16Type>(), null, |v| int(v as i64))
+        }
+        DataType::UInt32 => {
+            hash_primitive(arr.as_primitive::<UInt32Type>(), null, |v| int(v as i64))
+        }
+        DataType::UInt64 => hash_primitive(arr.as_primitive::<UInt64Type>(), null, |v| {
+            bucket_u64(v, seed, buckets)
+        }),
         DataType::Utf8 => hash_strings(arr.as_string::<i32>().iter(), null, seed, buckets),
         DataType::LargeUtf8 => hash_strings(arr.as_string::<i64>().iter(), null, seed, buckets),
         DataType::Utf8View => hash_strings(arr.as_string_view().iter(), null, seed, buckets),
@@ -346,8 +377,15 @@ fn hash_values(arr: &ArrayRef, seed: u64, buckets: u64) -> std::result::Result<V
     })
 }
 
-fn hash_strings<'a>(values: impl Iterator<Item = Option<&'a str>>, null: u32, seed: u64, buckets: u64) -> Vec<u32> {
-    values.map(|v| v.map_or(null, |s| bucket_str(s, seed, buckets))).collect()
+fn hash_strings<'a>(
+    values: impl Iterator<Item = Option<&'a str>>,
+    null: u32,
+    seed: u64,
+    buckets: u64,
+) -> Vec<u32> {
+    values
+        .map(|v| v.map_or(null, |s| bucket_str(s, seed, buckets)))
+        .collect()
 }
 
 /// Hashes a list column into a bag of the kept rows: null lists are empty, null elements are
@@ -362,11 +400,17 @@ fn hash_bag(
     let (offsets, values): (Vec<usize>, &ArrayRef) = match arr.data_type() {
         DataType::List(_) => {
             let l = arr.as_list::<i32>();
-            (l.value_offsets().iter().map(|&o| o as usize).collect(), l.values())
+            (
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values(),
+            )
         }
         DataType::LargeList(_) => {
             let l = arr.as_list::<i64>();
-            (l.value_offsets().iter().map(|&o| o as usize).collect(), l.values())
+            (
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values(),
+            )
         }
         t => return Err(format!("type {t} is not a list")),
     };
@@ -374,7 +418,9 @@ fn hash_bag(
     let mut bag = Bag::new();
     let mut push_row = |r: usize| {
         if !arr.is_null(r) {
-            let row = (offsets[r]..offsets[r + 1]).filter(|&j| !values.is_null(j)).take(max_len);
+            let row = (offsets[r]..offsets[r + 1])
+                .filter(|&j| !values.is_null(j))
+                .take(max_len);
             bag.ids.extend(row.map(|j| ids[j]));
         }
         bag.offsets.push(bag.ids.len() as u32);
@@ -399,7 +445,11 @@ fn split_bag(
         DataType::Utf8 => arr.as_string::<i32>().iter().collect(),
         DataType::LargeUtf8 => arr.as_string::<i64>().iter().collect(),
         DataType::Utf8View => arr.as_string_view().iter().collect(),
-        t => return Err(format!("type {t} is not a string; `separator` needs strings")),
+        t => {
+            return Err(format!(
+                "type {t} is not a string; `separator` needs strings"
+            ));
+        }
     };
     let mut bag = Bag::new();
     let mut push_row = |r: usize| {

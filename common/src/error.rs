@@ -77,9 +77,9 @@ pub enum Error {
         /// Object or prefix URL.
         url: String,
         /// The store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
         /// A hint for likely causes (credentials, endpoint).
-        hint: String,
+        hint: &'static str,
     },
     /// A dataset prefix with no Parquet objects.
     #[error("dataset {url} (job key {key}) has no Parquet objects")]
@@ -93,7 +93,7 @@ pub enum Error {
     #[error("{location}: {message}")]
     Parquet {
         /// Where.
-        location: DataLocation,
+        location: Box<DataLocation>,
         /// The decoder's message.
         message: String,
     },
@@ -107,15 +107,17 @@ pub enum Error {
     #[error("{location}: {message} (data.bad_rows = \"fail\"; set \"skip\" to skip such rows)")]
     BadLabel {
         /// Where.
-        location: DataLocation,
+        location: Box<DataLocation>,
         /// What the value was.
         message: String,
     },
     /// A row whose labels break the funnel, under `inconsistent_labels = "fail"`.
-    #[error("{location}: {message} (data.inconsistent_labels = \"fail\"; choose \"drop\" or \"repair\" to go on)")]
+    #[error(
+        "{location}: {message} (data.inconsistent_labels = \"fail\"; choose \"drop\" or \"repair\" to go on)"
+    )]
     InconsistentLabels {
         /// Where (column is the child stage's label).
-        location: DataLocation,
+        location: Box<DataLocation>,
         /// Which stages disagree.
         message: String,
     },

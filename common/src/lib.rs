@@ -19,7 +19,6 @@ pub mod batch;
 pub mod columns;
 pub mod decode;
 pub mod error;
-pub mod synth;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
@@ -27,6 +26,7 @@ pub mod reader;
 pub mod rng;
 pub mod spec;
 pub mod store;
+pub mod synth;
 pub mod validate;
 
 pub use error::{DataLocation, Error, Result};

@@ -6,9 +6,9 @@ use crate::columns::DecodePlan;
 use crate::error::{DataLocation, Error, Result};
 use crate::store::StoreUrl;
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use object_store::ObjectStoreExt;
 use parquet::file::metadata::ParquetMetaDataReader;
 use serde::Serialize;
 use std::ops::Range;
@@ -77,7 +77,9 @@ impl DatasetManifest {
             .list(Some(&store.prefix))
             .try_filter(|m| {
                 let name = m.location.filename().unwrap_or_default();
-                std::future::ready(!(name.starts_with('_') || name.starts_with('.') || name.is_empty()))
+                std::future::ready(
+                    !(name.starts_with('_') || name.starts_with('.') || name.is_empty()),
+                )
             })
             .try_collect()
             .await
@@ -153,10 +155,10 @@ const FOOTER_GUESS: u64 = 64 * 1024;
 async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result<ObjectEntry> {
     let url = store.object_url(&meta.location);
     let corrupt = |message: String| Error::Parquet {
-        location: DataLocation {
+        location: Box::new(DataLocation {
             object: url.clone(),
             ..Default::default()
-        },
+        }),
         message,
     };
     let size = meta.size;
@@ -175,11 +177,16 @@ async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result
     let mut tail = fetch(size.saturating_sub(FOOTER_GUESS)..size).await?;
     let end = &tail[tail.len() - 8..];
     if &end[4..] != b"PAR1" {
-        return Err(corrupt("not a Parquet file: the last 4 bytes are not `PAR1` (truncated or another format)".into()));
+        return Err(corrupt(
+            "not a Parquet file: the last 4 bytes are not `PAR1` (truncated or another format)"
+                .into(),
+        ));
     }
     let footer_len = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as u64;
     if footer_len + 8 > size - 4 {
-        return Err(corrupt(format!("corrupt footer: it claims {footer_len} bytes in a {size}-byte object")));
+        return Err(corrupt(format!(
+            "corrupt footer: it claims {footer_len} bytes in a {size}-byte object"
+        )));
     }
     if footer_len + 8 > tail.len() as u64 {
         tail = fetch(size - footer_len - 8..size).await?;
@@ -187,8 +194,9 @@ async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result
     let body = &tail[tail.len() - 8 - footer_len as usize..tail.len() - 8];
     let parquet = ParquetMetaDataReader::decode_metadata(body)
         .map_err(|e| corrupt(format!("corrupt footer: {e}")))?;
-    let metadata = ArrowReaderMetadata::try_new(std::sync::Arc::new(parquet), ArrowReaderOptions::new())
-        .map_err(|e| corrupt(format!("footer schema cannot be read as Arrow: {e}")))?;
+    let metadata =
+        ArrowReaderMetadata::try_new(std::sync::Arc::new(parquet), ArrowReaderOptions::new())
+            .map_err(|e| corrupt(format!("footer schema cannot be read as Arrow: {e}")))?;
     let row_groups = metadata
         .metadata()
         .row_groups()

@@ -41,7 +41,12 @@ pub struct ShardReader {
 
 impl ShardReader {
     /// A reader that decodes on at most `decode_threads` threads at a time.
-    pub fn new(manifest: Arc<DatasetManifest>, plan: Arc<DecodePlan>, decode_threads: usize, read_batch_rows: usize) -> Self {
+    pub fn new(
+        manifest: Arc<DatasetManifest>,
+        plan: Arc<DecodePlan>,
+        decode_threads: usize,
+        read_batch_rows: usize,
+    ) -> Self {
         Self {
             manifest,
             plan,
@@ -109,7 +114,9 @@ impl ShardReader {
         let url = entry.url.clone();
         let batch_rows = self.read_batch_rows;
         let (batch, stats) = tokio::task::spawn_blocking(move || {
-            decode_row_group(&chunk, meta, &roots, &plan, &url, object, row_group, batch_rows)
+            decode_row_group(
+                &chunk, meta, &roots, &plan, &url, object, row_group, batch_rows,
+            )
         })
         .await
         .map_err(|e| Error::Task(format!("decoding {at:?}: {e}")))??;
@@ -142,15 +149,20 @@ fn decode_row_group(
     row_group: usize,
     batch_rows: usize,
 ) -> Result<(Batch, DecodeStats)> {
-    let mut out = Batch::empty(plan.categorical.len(), plan.lists.len(), plan.numeric.len(), plan.labels.len());
+    let mut out = Batch::empty(
+        plan.categorical.len(),
+        plan.lists.len(),
+        plan.numeric.len(),
+        plan.labels.len(),
+    );
     let mut stats = DecodeStats::default();
     let fail = |e: ParquetError, column: Option<String>| Error::Parquet {
-        location: DataLocation {
+        location: Box::new(DataLocation {
             object: url.to_string(),
             row_group: Some(row_group),
             column,
             ..Default::default()
-        },
+        }),
         message: format!("cannot decode: {e}"),
     };
     let reader = |cols: &[usize]| {
@@ -216,7 +228,10 @@ impl FetchedRanges {
             .find(|(s, b)| *s <= start && start + len as u64 <= s + b.len() as u64)
             .map(|(s, b)| b.slice((start - s) as usize..(start - s) as usize + len))
             .ok_or_else(|| {
-                ParquetError::General(format!("bytes {start}..{} were not fetched", start + len as u64))
+                ParquetError::General(format!(
+                    "bytes {start}..{} were not fetched",
+                    start + len as u64
+                ))
             })
     }
 }

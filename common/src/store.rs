@@ -28,7 +28,8 @@ pub struct StoreUrl {
 }
 
 /// Schemes Funnel reads and writes.
-pub const SUPPORTED_SCHEMES: &str = "s3://, s3a://, gs://, az://, abfs://, abfss://, file://, memory://, or a local path";
+pub const SUPPORTED_SCHEMES: &str =
+    "s3://, s3a://, gs://, az://, abfs://, abfss://, file://, memory://, or a local path";
 
 impl StoreUrl {
     /// Opens the store for `url`; `key` names the spec key or flag that gave it, for errors.
@@ -107,9 +108,14 @@ pub fn store_error(op: &'static str, url: String, source: object_store::Error) -
     let hint = if matches!(
         source,
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-    ) || ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403 Forbidden"]
-        .iter()
-        .any(|s| text.contains(s))
+    ) || [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "403 Forbidden",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
     {
         "\n  hint: the store refused the credentials; check AWS_ACCESS_KEY_ID / \
          AWS_SECRET_ACCESS_KEY (or GOOGLE_* / AZURE_*) and AWS_ENDPOINT_URL"
@@ -123,8 +129,8 @@ pub fn store_error(op: &'static str, url: String, source: object_store::Error) -
     Error::Store {
         op,
         url,
-        source,
-        hint: hint.to_string(),
+        source: Box::new(source),
+        hint,
     }
 }
 
@@ -135,8 +141,8 @@ fn parse(url: &str) -> std::result::Result<Url, String> {
     if !url.contains("://") {
         // A plain path: local files, relative to the working directory.
         let abs = normalize(&std::path::absolute(url).map_err(|e| e.to_string())?);
-        let mut parsed =
-            Url::from_file_path(&abs).map_err(|()| format!("not a usable path: {}", abs.display()))?;
+        let mut parsed = Url::from_file_path(&abs)
+            .map_err(|()| format!("not a usable path: {}", abs.display()))?;
         if url.ends_with('/') && !parsed.path().ends_with('/') {
             parsed.set_path(&format!("{}/", parsed.path()));
         }
@@ -170,7 +176,9 @@ fn normalize(path: &std::path::Path) -> std::path::PathBuf {
 fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
     let stores = STORES.get_or_init(Default::default);
-    let mut stores = stores.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut stores = stores
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     stores
         .entry(name.to_string())
         .or_insert_with(|| Arc::new(InMemory::new()))

@@ -46,7 +46,10 @@ pub async fn validate(job: &Job, scan: bool) -> Result<ValidationReport> {
     let plan = Arc::new(DecodePlan::new(job));
     let data = &job.spec.data;
     let mut datasets = Vec::new();
-    for (key, url) in [("data.train", Some(&data.train)), ("data.eval", data.eval.as_ref())] {
+    for (key, url) in [
+        ("data.train", Some(&data.train)),
+        ("data.eval", data.eval.as_ref()),
+    ] {
         let Some(url) = url else { continue };
         let manifest = Arc::new(DatasetManifest::build(url, key, data.io_concurrency).await?);
         manifest.check_schema(&plan)?;
@@ -72,9 +75,18 @@ pub async fn validate(job: &Job, scan: bool) -> Result<ValidationReport> {
 }
 
 /// Decodes every row group of a dataset and sums the decoder's counts.
-pub async fn scan_dataset(manifest: &Arc<DatasetManifest>, plan: &Arc<DecodePlan>, job: &Job) -> Result<DecodeStats> {
+pub async fn scan_dataset(
+    manifest: &Arc<DatasetManifest>,
+    plan: &Arc<DecodePlan>,
+    job: &Job,
+) -> Result<DecodeStats> {
     let data = &job.spec.data;
-    let reader = ShardReader::new(manifest.clone(), plan.clone(), data.decode_threads, data.read_batch_rows);
+    let reader = ShardReader::new(
+        manifest.clone(),
+        plan.clone(),
+        data.decode_threads,
+        data.read_batch_rows,
+    );
     futures::stream::iter(manifest.row_group_shards())
         .flat_map(|shard| reader.read(shard))
         .try_fold(DecodeStats::default(), |mut acc, rg| async move {
@@ -94,13 +106,30 @@ impl fmt::Display for ValidationReport {
             "funnel: {} stages, {} towers{}",
             funnel.stages.len(),
             funnel.tower_count(),
-            funnel.preset.map(|p| format!(" (preset {p})")).unwrap_or_default()
+            funnel
+                .preset
+                .map(|p| format!(" (preset {p})"))
+                .unwrap_or_default()
         )?;
         for s in &funnel.stages {
-            let label = if s.is_labelled() { s.label_columns.join(" | ") } else { "(no label: learnt implicitly)".into() };
-            let given = s.given.map(|g| funnel.stages[g].name.as_str()).unwrap_or("impression");
-            let branch = s.branch_on.map(|b| format!(", branch on {}", funnel.stages[b].name)).unwrap_or_default();
-            writeln!(f, "  {:<12} label {:<28} given {given}{branch}", s.name, label)?;
+            let label = if s.is_labelled() {
+                s.label_columns.join(" | ")
+            } else {
+                "(no label: learnt implicitly)".into()
+            };
+            let given = s
+                .given
+                .map(|g| funnel.stages[g].name.as_str())
+                .unwrap_or("impression");
+            let branch = s
+                .branch_on
+                .map(|b| format!(", branch on {}", funnel.stages[b].name))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "  {:<12} label {:<28} given {given}{branch}",
+                s.name, label
+            )?;
         }
         let feats = &spec.features;
         writeln!(
@@ -130,7 +159,10 @@ impl fmt::Display for ValidationReport {
                 writeln!(
                     f,
                     "  funnel-inconsistent rows: {} (policy {:?}: dropped {}, repaired {})",
-                    s.inconsistent_rows, spec.data.inconsistent_labels, s.dropped_inconsistent, s.repaired
+                    s.inconsistent_rows,
+                    spec.data.inconsistent_labels,
+                    s.dropped_inconsistent,
+                    s.repaired
                 )?;
                 for (what, n) in &s.inconsistent {
                     writeln!(f, "    {what}: {n}")?;

@@ -42,12 +42,29 @@ fn parquet_bytes(start: i64, rows: usize, rg_rows: usize, with_query: bool) -> B
     let users: Vec<i64> = (start..start + rows as i64).collect();
     let mut cols: Vec<(&str, ArrayRef)> = vec![("user", Arc::new(Int64Array::from(users.clone())))];
     if with_query {
-        cols.push(("query", Arc::new(StringArray::from_iter_values(users.iter().map(|u| format!("q{}", u % 7))))));
+        cols.push((
+            "query",
+            Arc::new(StringArray::from_iter_values(
+                users.iter().map(|u| format!("q{}", u % 7)),
+            )),
+        ));
     }
-    cols.push(("click", Arc::new(Int8Array::from_iter_values(users.iter().map(|u| (u % 3 == 0) as i8)))));
-    cols.push(("purchase", Arc::new(Int8Array::from_iter_values(users.iter().map(|u| (u % 9 == 0) as i8)))));
+    cols.push((
+        "click",
+        Arc::new(Int8Array::from_iter_values(
+            users.iter().map(|u| (u % 3 == 0) as i8),
+        )),
+    ));
+    cols.push((
+        "purchase",
+        Arc::new(Int8Array::from_iter_values(
+            users.iter().map(|u| (u % 9 == 0) as i8),
+        )),
+    ));
     let rb = RecordBatch::try_from_iter(cols).expect("batch");
-    let props = WriterProperties::builder().set_max_row_group_row_count(Some(rg_rows)).build();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rg_rows))
+        .build();
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, rb.schema(), Some(props)).expect("writer");
     w.write(&rb).expect("write");
@@ -57,7 +74,10 @@ fn parquet_bytes(start: i64, rows: usize, rg_rows: usize, with_query: bool) -> B
 
 async fn put(prefix: &str, name: &str, bytes: Bytes) {
     let s = StoreUrl::open(prefix, "test").expect("store");
-    s.store.put(&s.child(name), bytes.into()).await.expect("put");
+    s.store
+        .put(&s.child(name), bytes.into())
+        .await
+        .expect("put");
 }
 
 /// The whole suite against one URL prefix (which must be empty).
@@ -67,15 +87,32 @@ async fn suite(base: &str) {
     // Written out of order, plus markers that must be ignored.
     put(&good, "part-1.parquet", parquet_bytes(1000, 250, 100, true)).await;
     put(&good, "part-0.parquet", parquet_bytes(0, 300, 128, true)).await;
-    put(&good, "sub/part-2.parquet", parquet_bytes(5000, 10, 100, true)).await;
+    put(
+        &good,
+        "sub/part-2.parquet",
+        parquet_bytes(5000, 10, 100, true),
+    )
+    .await;
     put(&good, "_SUCCESS", Bytes::new()).await;
     put(&good, ".part-0.parquet.crc", Bytes::from_static(b"crc")).await;
 
     let job = job(&good);
     let plan = Arc::new(DecodePlan::new(&job));
-    let m = Arc::new(DatasetManifest::build(&good, "data.train", 4).await.expect("manifest"));
-    let names: Vec<&str> = m.objects.iter().map(|o| o.url.rsplit('/').next().unwrap_or_default()).collect();
-    assert_eq!(names, ["part-0.parquet", "part-1.parquet", "part-2.parquet"], "{base}");
+    let m = Arc::new(
+        DatasetManifest::build(&good, "data.train", 4)
+            .await
+            .expect("manifest"),
+    );
+    let names: Vec<&str> = m
+        .objects
+        .iter()
+        .map(|o| o.url.rsplit('/').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["part-0.parquet", "part-1.parquet", "part-2.parquet"],
+        "{base}"
+    );
     assert_eq!(m.objects[0].row_groups, vec![128, 128, 44]);
     assert_eq!(m.objects[1].row_groups, vec![100, 100, 50]);
     assert_eq!(m.total_rows(), 560);
@@ -90,9 +127,18 @@ async fn suite(base: &str) {
         let mut stream = reader.read(shard);
         while let Some(rg) = futures::StreamExt::next(&mut stream).await {
             let rg = rg.expect("decodes");
-            assert_eq!(rg.batch.rows as u64, m.objects[rg.object].row_groups[rg.row_group]);
+            assert_eq!(
+                rg.batch.rows as u64,
+                m.objects[rg.object].row_groups[rg.row_group]
+            );
             for (r, origin) in rg.batch.origins.iter().enumerate() {
-                users.push((origin.object, origin.row_group, origin.row, rg.batch.categorical[0][r], rg.batch.labels[0][r]));
+                users.push((
+                    origin.object,
+                    origin.row_group,
+                    origin.row,
+                    rg.batch.categorical[0][r],
+                    rg.batch.labels[0][r],
+                ));
             }
         }
     }
@@ -109,7 +155,10 @@ async fn suite(base: &str) {
     }
 
     // A multi-row-group shard streams its row groups in order.
-    let shard = funnel_common::manifest::Shard { object: 0, row_groups: 1..3 };
+    let shard = funnel_common::manifest::Shard {
+        object: 0,
+        row_groups: 1..3,
+    };
     let rgs: Vec<usize> = futures::StreamExt::collect::<Vec<_>>(reader.read(shard))
         .await
         .into_iter()
@@ -119,17 +168,28 @@ async fn suite(base: &str) {
 
     // Empty prefix.
     let empty = format!("{base}/nothing-here/");
-    let msg = DatasetManifest::build(&empty, "data.eval", 4).await.expect_err("empty").to_string();
-    assert!(msg.contains("nothing-here") && msg.contains("data.eval"), "{msg}");
+    let msg = DatasetManifest::build(&empty, "data.eval", 4)
+        .await
+        .expect_err("empty")
+        .to_string();
+    assert!(
+        msg.contains("nothing-here") && msg.contains("data.eval"),
+        "{msg}"
+    );
 
     // Missing column: every object named.
     let missing = format!("{base}/missing/");
     put(&missing, "a.parquet", parquet_bytes(0, 10, 10, false)).await;
-    let m = DatasetManifest::build(&missing, "data.train", 4).await.expect("footer fine");
+    let m = DatasetManifest::build(&missing, "data.train", 4)
+        .await
+        .expect("footer fine");
     match m.check_schema(&plan) {
         Err(Error::Schema { problems }) => {
             let msg = format!("{}", Error::Schema { problems });
-            assert!(msg.contains("missing/a.parquet") && msg.contains("`query`"), "{msg}");
+            assert!(
+                msg.contains("missing/a.parquet") && msg.contains("`query`"),
+                "{msg}"
+            );
             assert!(msg.contains("features.categorical[1].column"), "{msg}");
         }
         other => panic!("expected a schema error, got {other:?}"),
@@ -139,16 +199,28 @@ async fn suite(base: &str) {
     let full = parquet_bytes(0, 50, 50, true);
     let bad = format!("{base}/bad/");
     put(&bad, "truncated.parquet", full.slice(..full.len() / 2)).await;
-    let msg = DatasetManifest::build(&bad, "data.train", 4).await.expect_err("truncated").to_string();
-    assert!(msg.contains("bad/truncated.parquet") && msg.contains("PAR1"), "{msg}");
+    let msg = DatasetManifest::build(&bad, "data.train", 4)
+        .await
+        .expect_err("truncated")
+        .to_string();
+    assert!(
+        msg.contains("bad/truncated.parquet") && msg.contains("PAR1"),
+        "{msg}"
+    );
 
     let mut corrupt = full.to_vec();
     let n = corrupt.len();
     corrupt[n - 8 - 40..n - 8].fill(0xAB);
     let bad2 = format!("{base}/bad2/");
     put(&bad2, "corrupt.parquet", Bytes::from(corrupt)).await;
-    let msg = DatasetManifest::build(&bad2, "data.train", 4).await.expect_err("corrupt").to_string();
-    assert!(msg.contains("bad2/corrupt.parquet") && msg.contains("footer"), "{msg}");
+    let msg = DatasetManifest::build(&bad2, "data.train", 4)
+        .await
+        .expect_err("corrupt")
+        .to_string();
+    assert!(
+        msg.contains("bad2/corrupt.parquet") && msg.contains("footer"),
+        "{msg}"
+    );
 
     // A corrupt data page (footer intact) is named by object, row group and column.
     let mut paged = full.to_vec();
@@ -160,11 +232,18 @@ async fn suite(base: &str) {
     paged[mid..mid + 16].fill(0xFF);
     let bad3 = format!("{base}/bad3/");
     put(&bad3, "page.parquet", Bytes::from(paged)).await;
-    let m3 = Arc::new(DatasetManifest::build(&bad3, "data.train", 4).await.expect("footer intact"));
+    let m3 = Arc::new(
+        DatasetManifest::build(&bad3, "data.train", 4)
+            .await
+            .expect("footer intact"),
+    );
     let reader = ShardReader::new(m3.clone(), plan, 1, 64);
     let res = reader.read_row_group(0, 0).await;
     let msg = res.expect_err("corrupt page").to_string();
-    assert!(msg.contains("bad3/page.parquet") && msg.contains("row group 0") && msg.contains("`query`"), "{msg}");
+    assert!(
+        msg.contains("bad3/page.parquet") && msg.contains("row group 0") && msg.contains("`query`"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,10 +269,14 @@ fn s3_bucket() -> Option<String> {
     match std::env::var("FUNNEL_S3_BUCKET") {
         Ok(b) if std::env::var("AWS_ENDPOINT_URL").is_ok() => Some(b),
         _ if std::env::var("FUNNEL_REQUIRE_S3").as_deref() == Ok("1") => {
-            panic!("FUNNEL_REQUIRE_S3=1 but FUNNEL_S3_BUCKET/AWS_ENDPOINT_URL are not set: start scripts/s3-server.sh")
+            panic!(
+                "FUNNEL_REQUIRE_S3=1 but FUNNEL_S3_BUCKET/AWS_ENDPOINT_URL are not set: start scripts/s3-server.sh"
+            )
         }
         _ => {
-            eprintln!("SKIPPED: no S3 server configured (run scripts/s3-server.sh start and source its env)");
+            eprintln!(
+                "SKIPPED: no S3 server configured (run scripts/s3-server.sh start and source its env)"
+            );
             None
         }
     }

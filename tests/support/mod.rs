@@ -18,7 +18,11 @@ pub struct Run {
 impl Run {
     /// Panics unless the run succeeded.
     pub fn success(self) -> Self {
-        assert!(self.ok, "funnel failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(
+            self.ok,
+            "funnel failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -26,9 +30,17 @@ impl Run {
     pub fn failure_naming(self, wanted: &[&str]) -> Self {
         assert!(!self.ok, "funnel unexpectedly succeeded:\n{}", self.stdout);
         for w in wanted {
-            assert!(self.stderr.contains(w), "stderr does not name {w:?}:\n{}", self.stderr);
+            assert!(
+                self.stderr.contains(w),
+                "stderr does not name {w:?}:\n{}",
+                self.stderr
+            );
         }
-        assert!(!self.stderr.contains("panicked"), "funnel panicked:\n{}", self.stderr);
+        assert!(
+            !self.stderr.contains("panicked"),
+            "funnel panicked:\n{}",
+            self.stderr
+        );
         self
     }
 }
@@ -40,7 +52,11 @@ pub fn funnel_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("funnel binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("funnel binary runs");
     Run {
         ok: status.success(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -83,7 +99,9 @@ pub fn s3_bucket() -> Option<String> {
             panic!("FUNNEL_REQUIRE_S3=1 but FUNNEL_S3_BUCKET/AWS_ENDPOINT_URL are not set")
         }
         _ => {
-            eprintln!("SKIPPED: no S3 server configured (scripts/s3-server.sh start; source its env.sh)");
+            eprintln!(
+                "SKIPPED: no S3 server configured (scripts/s3-server.sh start; source its env.sh)"
+            );
             None
         }
     }

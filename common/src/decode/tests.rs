@@ -49,7 +49,11 @@ preset = "click-fav-order-pay"
 /// Rows: labels (click, favorite, order, pay).
 fn record_batch(labels: &[[i8; 4]]) -> RecordBatch {
     let n = labels.len();
-    let col = |j: usize| Arc::new(Int8Array::from_iter(labels.iter().map(|l| (l[j] >= 0).then_some(l[j])))) as ArrayRef;
+    let col = |j: usize| {
+        Arc::new(Int8Array::from_iter(
+            labels.iter().map(|l| (l[j] >= 0).then_some(l[j])),
+        )) as ArrayRef
+    };
     let mut dict = StringDictionaryBuilder::<Int32Type>::new();
     let mut hist = ListBuilder::new(arrow_array::builder::Int64Builder::new());
     for r in 0..n {
@@ -65,8 +69,16 @@ fn record_batch(labels: &[[i8; 4]]) -> RecordBatch {
         }
     }
     RecordBatch::try_from_iter([
-        ("user", Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i - 1))) as ArrayRef),
-        ("query", Arc::new(LargeStringArray::from_iter_values((0..n).map(|i| format!("q{i}")))) as ArrayRef),
+        (
+            "user",
+            Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i - 1))) as ArrayRef,
+        ),
+        (
+            "query",
+            Arc::new(LargeStringArray::from_iter_values(
+                (0..n).map(|i| format!("q{i}")),
+            )) as ArrayRef,
+        ),
         ("shop", Arc::new(dict.finish()) as ArrayRef),
         ("hist", Arc::new(hist.finish()) as ArrayRef),
         (
@@ -81,7 +93,10 @@ fn record_batch(labels: &[[i8; 4]]) -> RecordBatch {
         ("favorite", col(1)),
         ("order", col(2)),
         ("pay", col(3)),
-        ("unused", Arc::new(UInt64Array::from_iter_values(0..n as u64)) as ArrayRef),
+        (
+            "unused",
+            Arc::new(UInt64Array::from_iter_values(0..n as u64)) as ArrayRef,
+        ),
     ])
     .expect("valid batch")
 }
@@ -106,19 +121,47 @@ fn features_are_hashed_bagged_and_transformed() {
     assert_eq!(b.rows, 4);
     let user_seed = table_seed("user");
     assert_eq!(b.categorical[0][0], bucket_i64(-1, user_seed, 1000));
-    assert_eq!(b.categorical[1][2], bucket_str("q2", table_seed("query"), 50));
+    assert_eq!(
+        b.categorical[1][2],
+        bucket_str("q2", table_seed("query"), 50)
+    );
     let shop_seed = table_seed("shop");
     assert_eq!(b.categorical[2][1], bucket_str("shop1", shop_seed, 77));
-    assert_eq!(b.categorical[2][3], bucket_null(shop_seed, 77), "dictionary null");
+    assert_eq!(
+        b.categorical[2][3],
+        bucket_null(shop_seed, 77),
+        "dictionary null"
+    );
     // Null list -> empty; null elements skipped; max_len 2 keeps the first two; shared table
     // "user" hashes like the user column.
     assert_eq!(b.lists[0].row(0), &[] as &[u32]);
-    assert_eq!(b.lists[0].row(1), &[bucket_i64(5, user_seed, 1000), bucket_i64(6, user_seed, 1000)]);
+    assert_eq!(
+        b.lists[0].row(1),
+        &[
+            bucket_i64(5, user_seed, 1000),
+            bucket_i64(6, user_seed, 1000)
+        ]
+    );
     assert_eq!(b.lists[0].row(2), &[bucket_i64(2, user_seed, 1000)]);
     assert_eq!(b.numeric, vec![-1.0, -1.0, 2f32.ln_1p(), 3f32.ln_1p()]);
     assert_eq!(stats.numeric_filled, 2, "a null and a NaN were filled");
-    assert_eq!(b.labels, vec![vec![0, 1, 1, 1], vec![0, 0, 1, 0], vec![0, 0, 1, 1], vec![0, 0, 0, 1]]);
-    assert_eq!(b.origins[3], RowOrigin { object: 3, row_group: 2, row: 103 });
+    assert_eq!(
+        b.labels,
+        vec![
+            vec![0, 1, 1, 1],
+            vec![0, 0, 1, 0],
+            vec![0, 0, 1, 1],
+            vec![0, 0, 0, 1]
+        ]
+    );
+    assert_eq!(
+        b.origins[3],
+        RowOrigin {
+            object: 3,
+            row_group: 2,
+            row: 103
+        }
+    );
     assert_eq!(stats.rows_read, 4);
     assert_eq!(stats.rows_kept, 4);
 }
@@ -129,7 +172,13 @@ const INCONSISTENT: [[i8; 4]; 4] = [[1, 0, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1], [0
 fn inconsistent_rows_fail_with_location() {
     let err = run("fail", "fail", &INCONSISTENT).expect_err("inconsistent");
     let msg = err.to_string();
-    for want in ["memory://t/x/part-0.parquet", "row group 2", "row 101", "order=1 with click=0", "funnel.labels.order"] {
+    for want in [
+        "memory://t/x/part-0.parquet",
+        "row group 2",
+        "row 101",
+        "order=1 with click=0",
+        "funnel.labels.order",
+    ] {
         assert!(msg.contains(want), "{want} missing from: {msg}");
     }
 }
@@ -144,7 +193,10 @@ fn inconsistent_rows_are_dropped_and_counted() {
     assert_eq!(stats.inconsistent["order=1 with click=0"], 1);
     assert_eq!(stats.inconsistent["pay=1 with order=0"], 1);
     assert_eq!(stats.inconsistent["favorite=1 with click=0"], 1);
-    assert_eq!(stats.rows_kept + stats.dropped_inconsistent, stats.rows_read);
+    assert_eq!(
+        stats.rows_kept + stats.dropped_inconsistent,
+        stats.rows_read
+    );
 }
 
 #[test]
@@ -163,7 +215,10 @@ fn bad_labels_fail_or_are_skipped() {
     let rows = [[0, 0, 0, 0], [-1, 0, 0, 0], [1, 2, 0, 0]];
     let err = run("fail", "fail", &rows).expect_err("null label");
     let msg = err.to_string();
-    assert!(msg.contains("row 101") && msg.contains("`click`") && msg.contains("null"), "{msg}");
+    assert!(
+        msg.contains("row 101") && msg.contains("`click`") && msg.contains("null"),
+        "{msg}"
+    );
     let (b, stats) = run("fail", "skip", &rows).expect("skips");
     assert_eq!(b.rows, 1);
     assert_eq!(stats.skipped_bad_labels, 2);
@@ -182,8 +237,13 @@ fn wrong_column_type_names_column_and_key() {
         .collect();
     cols[4].1 = Arc::new(arrow_array::StringArray::from(vec!["a"; 4]));
     let rb = RecordBatch::try_from_iter(cols).expect("valid");
-    let msg = decode(&plan, &rb, &ORIGIN).expect_err("bad type").to_string();
-    assert!(msg.contains("`price`") && msg.contains("features.numeric[0].column"), "{msg}");
+    let msg = decode(&plan, &rb, &ORIGIN)
+        .expect_err("bad type")
+        .to_string();
+    assert!(
+        msg.contains("`price`") && msg.contains("features.numeric[0].column"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -194,5 +254,13 @@ fn counts_do_not_depend_on_the_policy() {
     assert_eq!(dropped.inconsistent, repaired.inconsistent);
     assert_eq!(dropped.inconsistent_rows, 2);
     // Row 1: pay=1 only -> order and then click repaired.
-    assert_eq!([b.labels[0][1], b.labels[1][1], b.labels[2][1], b.labels[3][1]], [1, 0, 1, 1]);
+    assert_eq!(
+        [
+            b.labels[0][1],
+            b.labels[1][1],
+            b.labels[2][1],
+            b.labels[3][1]
+        ],
+        [1, 0, 1, 1]
+    );
 }

@@ -64,35 +64,43 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
     // Every feature column once; tables shared only between features of one shape.
     let mut columns: BTreeMap<&str, String> = BTreeMap::new();
     let mut tables: BTreeMap<String, (u64, usize, String)> = BTreeMap::new();
-    let mut embedded = |key: String, column: &str, table: &Option<String>, buckets: u64, dim: usize| {
-        let mut found = Vec::new();
-        if buckets == 0 || buckets > MAX_BUCKETS {
-            found.push((format!("{key}.buckets"), format!("must be in 1..={MAX_BUCKETS}")));
-        }
-        if dim == 0 {
-            found.push((format!("{key}.dim"), "must be at least 1".to_string()));
-        }
-        let table = table.clone().unwrap_or_else(|| column.to_string());
-        match tables.get(&table) {
-            Some((b, d, first)) if (*b, *d) != (buckets, dim) => found.push((
-                format!("{key}.table"),
-                format!(
-                    "table `{table}` is shared with {first} (buckets {b}, dim {d}); \
-                     shared tables need the same buckets and dim"
-                ),
-            )),
-            Some(_) => {}
-            None => {
-                tables.insert(table, (buckets, dim, key));
+    let mut embedded =
+        |key: String, column: &str, table: &Option<String>, buckets: u64, dim: usize| {
+            let mut found = Vec::new();
+            if buckets == 0 || buckets > MAX_BUCKETS {
+                found.push((
+                    format!("{key}.buckets"),
+                    format!("must be in 1..={MAX_BUCKETS}"),
+                ));
             }
-        }
-        found
-    };
+            if dim == 0 {
+                found.push((format!("{key}.dim"), "must be at least 1".to_string()));
+            }
+            let table = table.clone().unwrap_or_else(|| column.to_string());
+            match tables.get(&table) {
+                Some((b, d, first)) if (*b, *d) != (buckets, dim) => found.push((
+                    format!("{key}.table"),
+                    format!(
+                        "table `{table}` is shared with {first} (buckets {b}, dim {d}); \
+                     shared tables need the same buckets and dim"
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    tables.insert(table, (buckets, dim, key));
+                }
+            }
+            found
+        };
     let mut found = Vec::new();
     for (i, f) in spec.features.categorical.iter().enumerate() {
         let key = format!("features.categorical[{i}]");
         found.extend(embedded(key.clone(), &f.column, &f.table, f.buckets, f.dim));
-        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+        found.extend(unique_column(
+            &mut columns,
+            &f.column,
+            format!("{key}.column"),
+        ));
     }
     for (i, f) in spec.features.list.iter().enumerate() {
         let key = format!("features.list[{i}]");
@@ -100,11 +108,19 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
         if f.max_len == 0 {
             found.push((format!("{key}.max_len"), "must be at least 1".into()));
         }
-        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+        found.extend(unique_column(
+            &mut columns,
+            &f.column,
+            format!("{key}.column"),
+        ));
     }
     for (i, f) in spec.features.numeric.iter().enumerate() {
         let key = format!("features.numeric[{i}]");
-        found.extend(unique_column(&mut columns, &f.column, format!("{key}.column")));
+        found.extend(unique_column(
+            &mut columns,
+            &f.column,
+            format!("{key}.column"),
+        ));
         if !f.fill_null.is_finite() {
             found.push((format!("{key}.fill_null"), "must be a finite number".into()));
         }
@@ -117,8 +133,14 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
                 format!("{key}.std"),
                 "`standardize` needs `mean` and `std`".into(),
             )),
-            (Transform::Standardize, Some(m), Some(s)) if !m.is_finite() || !(s > 0.0) => found
-                .push((format!("{key}.std"), "mean must be finite and std > 0".into())),
+            (Transform::Standardize, Some(m), Some(s))
+                if !m.is_finite() || s.is_nan() || s <= 0.0 =>
+            {
+                found.push((
+                    format!("{key}.std"),
+                    "mean must be finite and std > 0".into(),
+                ))
+            }
             (Transform::None | Transform::Log1p, Some(_), _)
             | (Transform::None | Transform::Log1p, _, Some(_)) => found.push((
                 format!("{key}.transform"),
@@ -138,25 +160,39 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
     }
 
     if spec.towers.hidden.is_empty() || spec.towers.hidden.contains(&0) {
-        push("towers.hidden".into(), "needs at least one layer, each wider than 0".into());
+        push(
+            "towers.hidden".into(),
+            "needs at least one layer, each wider than 0".into(),
+        );
     }
     if !(0.0..1.0).contains(&spec.towers.dropout) {
         push("towers.dropout".into(), "must be in [0, 1)".into());
     }
-    if !(spec.optimizer.lr > 0.0 && spec.optimizer.lr.is_finite()) {
+    if !is_positive(spec.optimizer.lr) {
         push("optimizer.lr".into(), "must be a positive number".into());
     }
-    if let Some(lr) = spec.optimizer.sparse_lr {
-        if !(lr > 0.0 && lr.is_finite()) {
-            push("optimizer.sparse_lr".into(), "must be a positive number".into());
-        }
+    if let Some(lr) = spec.optimizer.sparse_lr
+        && !is_positive(lr)
+    {
+        push(
+            "optimizer.sparse_lr".into(),
+            "must be a positive number".into(),
+        );
     }
     for (stage, w) in &spec.loss.weights {
-        if !(*w > 0.0 && w.is_finite()) {
-            push(format!("loss.weights.{stage}"), "must be a positive number".into());
+        if !is_positive(*w) {
+            push(
+                format!("loss.weights.{stage}"),
+                "must be a positive number".into(),
+            );
         }
     }
     issues
+}
+
+/// Finite and strictly positive (NaN is not).
+fn is_positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
 }
 
 fn unique_column<'a>(
@@ -193,7 +229,10 @@ pub(super) fn check_funnel_refs(spec: &JobSpec, funnel: &ResolvedFunnel) -> Vec<
         }
     }
     if funnel.targets().next().is_none() {
-        issues.push(ConfigIssue::new("funnel", "no stage has a label: nothing to train"));
+        issues.push(ConfigIssue::new(
+            "funnel",
+            "no stage has a label: nothing to train",
+        ));
     }
     let features: Vec<&str> = spec
         .features

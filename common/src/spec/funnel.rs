@@ -43,7 +43,10 @@ impl Preset {
             branch_on: branch_on.map(str::to_string),
         };
         match self {
-            Self::Esmm => vec![stage("click", None, None), stage("purchase", Some("click"), None)],
+            Self::Esmm => vec![
+                stage("click", None, None),
+                stage("purchase", Some("click"), None),
+            ],
             Self::Esm2 => vec![
                 stage("click", None, None),
                 stage("action", Some("click"), None),
@@ -138,7 +141,11 @@ impl ResolvedFunnel {
                     format!("{key}.{stage}"),
                     format!(
                         "preset has no stage `{stage}`; its stages are: {}",
-                        declared.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        declared
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )),
             }
@@ -173,7 +180,10 @@ impl ResolvedFunnel {
 
     /// The labelled stages, in order: the training targets.
     pub fn targets(&self) -> impl Iterator<Item = (usize, &ResolvedStage)> {
-        self.stages.iter().enumerate().filter(|(_, s)| s.is_labelled())
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_labelled())
     }
 
     /// The nearest labelled ancestor of stage `i` (through `given`), if any.
@@ -201,7 +211,10 @@ impl ResolvedFunnel {
 
     /// How many towers the funnel needs: one per stage, two for a branching stage.
     pub fn tower_count(&self) -> usize {
-        self.stages.iter().map(|s| if s.branch_on.is_some() { 2 } else { 1 }).sum()
+        self.stages
+            .iter()
+            .map(|s| if s.branch_on.is_some() { 2 } else { 1 })
+            .sum()
     }
 }
 
@@ -213,17 +226,20 @@ fn topological_order(declared: &[StageSpec], issues: &mut Vec<ConfigIssue>) -> V
         if s.name.trim().is_empty() {
             issues.push(ConfigIssue::new(key, "stage name is empty"));
         } else if index.insert(s.name.as_str(), i).is_some() {
-            issues.push(ConfigIssue::new(key, format!("duplicate stage `{}`", s.name)));
+            issues.push(ConfigIssue::new(
+                key,
+                format!("duplicate stage `{}`", s.name),
+            ));
         }
     }
     for (i, s) in declared.iter().enumerate() {
-        if let Some(g) = &s.given {
-            if !index.contains_key(g.as_str()) {
-                issues.push(ConfigIssue::new(
-                    format!("funnel.stages[{i}].given"),
-                    format!("unknown stage `{g}`"),
-                ));
-            }
+        if let Some(g) = &s.given
+            && !index.contains_key(g.as_str())
+        {
+            issues.push(ConfigIssue::new(
+                format!("funnel.stages[{i}].given"),
+                format!("unknown stage `{g}`"),
+            ));
         }
         if let Some(b) = &s.branch_on {
             match index.get(b.as_str()) {

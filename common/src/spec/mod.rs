@@ -40,9 +40,13 @@ impl Job {
         // Relative local paths in the spec are relative to the spec file, not to the shell's
         // working directory, so a spec works from wherever it is launched.
         let base = path.parent().unwrap_or(Path::new("."));
-        for url in [Some(&mut spec.data.train), spec.data.eval.as_mut(), spec.output.as_mut()]
-            .into_iter()
-            .flatten()
+        for url in [
+            Some(&mut spec.data.train),
+            spec.data.eval.as_mut(),
+            spec.output.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if !url.contains("://") && Path::new(url.as_str()).is_relative() && !url.is_empty() {
                 let joined = base.join(url.as_str());

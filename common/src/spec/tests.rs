@@ -32,7 +32,11 @@ fn minimal_spec_resolves_esm2_with_defaults() {
     let purchase = &job.funnel.stages[2];
     assert_eq!(purchase.given, Some(0));
     assert_eq!(purchase.branch_on, Some(1));
-    assert_eq!(job.funnel.tower_count(), 4, "ESM2: four towers for three targets");
+    assert_eq!(
+        job.funnel.tower_count(),
+        4,
+        "ESM2: four towers for three targets"
+    );
     assert_eq!(job.spec.train.batch_size, 1024);
     assert_eq!(job.spec.data.inconsistent_labels, InconsistentPolicy::Fail);
     assert_eq!(job.spec.towers.hidden, vec![256, 128]);
@@ -57,7 +61,8 @@ fn every_preset_resolves_parents_first() {
 
 #[test]
 fn preset_labels_can_be_renamed_and_or_ed() {
-    let text = format!("{MINIMAL}labels = {{ action = [\"favorite\", \"cart\"], purchase = \"buy\" }}\n");
+    let text =
+        format!("{MINIMAL}labels = {{ action = [\"favorite\", \"cart\"], purchase = \"buy\" }}\n");
     let job = Job::parse(&text, "t").expect("valid");
     assert_eq!(job.funnel.stages[1].label_columns, ["favorite", "cart"]);
     assert_eq!(job.funnel.stages[1].label_key, "funnel.labels.action");
@@ -80,7 +85,11 @@ fn unknown_keys_and_wrong_types_name_their_key_path() {
     let text = {
         // Make the fourth categorical feature's buckets a string.
         let pos = text.rfind("buckets = 10").expect("present");
-        format!("{}buckets = \"many\"{}", &text[..pos], &text[pos + "buckets = 10".len()..])
+        format!(
+            "{}buckets = \"many\"{}",
+            &text[..pos],
+            &text[pos + "buckets = 10".len()..]
+        )
     };
     assert_eq!(keys(&text), ["features.categorical[3].buckets"]);
 }
@@ -128,7 +137,9 @@ weights = { click = -1.0, nope = 1.0 }
 #[test]
 fn explicit_stages_are_checked() {
     let base = MINIMAL.replace("preset = \"esm2\"\n", "");
-    let stage = |name: &str, extra: &str| format!("[[funnel.stages]]\nname = \"{name}\"\nlabel = \"{name}\"\n{extra}");
+    let stage = |name: &str, extra: &str| {
+        format!("[[funnel.stages]]\nname = \"{name}\"\nlabel = \"{name}\"\n{extra}")
+    };
     let ok = format!(
         "{base}{}{}{}",
         stage("click", ""),
@@ -137,7 +148,11 @@ fn explicit_stages_are_checked() {
     );
     assert_eq!(Job::parse(&ok, "t").expect("valid").funnel.tower_count(), 4);
 
-    let unknown = format!("{base}{}{}", stage("click", ""), stage("buy", "given = \"klick\"\n"));
+    let unknown = format!(
+        "{base}{}{}",
+        stage("click", ""),
+        stage("buy", "given = \"klick\"\n")
+    );
     assert_eq!(keys(&unknown), ["funnel.stages[1].given"]);
 
     let bad_branch = format!(
@@ -148,7 +163,11 @@ fn explicit_stages_are_checked() {
     );
     assert_eq!(keys(&bad_branch), ["funnel.stages[2].branch_on"]);
 
-    let cycle = format!("{base}{}{}", stage("a", "given = \"b\"\n"), stage("b", "given = \"a\"\n"));
+    let cycle = format!(
+        "{base}{}{}",
+        stage("a", "given = \"b\"\n"),
+        stage("b", "given = \"a\"\n")
+    );
     assert_eq!(keys(&cycle), ["funnel.stages"]);
 
     let both = format!("{MINIMAL}{}", stage("click", ""));
@@ -157,7 +176,10 @@ fn explicit_stages_are_checked() {
 
 #[test]
 fn version_and_label_leaks_are_refused() {
-    assert_eq!(keys(&MINIMAL.replace("version = 1", "version = 2")), ["version"]);
+    assert_eq!(
+        keys(&MINIMAL.replace("version = 1", "version = 2")),
+        ["version"]
+    );
     let leak = MINIMAL.replace("column = \"user_id\"", "column = \"click\"");
     assert_eq!(keys(&leak), ["features"]);
 }

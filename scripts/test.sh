@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, with all set-up, on a fresh machine: Python test packages, the real S3
+# server (Ceph radosgw, scripts/s3-server.sh), the Rust tests with S3 required, the Python tests.
+# This is the README's test command; .ci/run runs exactly this after fmt and clippy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stage_start=$SECONDS
+stage() { # name: prints how long the previous stage took
+  echo "== [test.sh] $1 (previous stage took $((SECONDS - stage_start)) s)"
+  stage_start=$SECONDS
+}
+
+stage "python test packages"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r tests/python/requirements.txt
+
+stage "S3 server (radosgw)"
+export FUNNEL_S3_DIR=${FUNNEL_S3_DIR:-/tmp/funnel-s3-tests}
+scripts/s3-server.sh start
+trap 'scripts/s3-server.sh stop >/dev/null 2>&1 || true' EXIT
+# shellcheck disable=SC1091
+source "$FUNNEL_S3_DIR/env.sh"
+export FUNNEL_REQUIRE_S3=1
+
+stage "cargo test (workspace)"
+cargo test --workspace --locked
+
+stage "python tests"
+FUNNEL_BIN="$PWD/target/debug/funnel" python3 -m pytest -q tests/python
+
+stage "done"
