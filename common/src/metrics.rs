@@ -1,1 +1,181 @@
-//! Placeholder until the gen-data branch lands metrics.
+//! Exact evaluation metrics over in-memory scores: ROC AUC with averaged ties, log loss and
+//! calibration. A label counts as positive when it is non-zero.
+
+/// Exact ROC AUC (Mann-Whitney U / (positives x negatives)) with tied scores counted as half a
+/// win, i.e. average ranks for ties. `None` when there are no positives or no negatives.
+/// O(n log n). NaN scores rank above every number (IEEE total order); -0.0 ties with 0.0.
+///
+/// # Panics
+/// If `scores` and `labels` differ in length.
+pub fn auc(scores: &[f64], labels: &[u8]) -> Option<f64> {
+    assert_eq!(
+        scores.len(),
+        labels.len(),
+        "auc: {} scores but {} labels",
+        scores.len(),
+        labels.len()
+    );
+    let positives = labels.iter().filter(|&&l| l != 0).count() as u64;
+    let negatives = labels.len() as u64 - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    // `+ 0.0` turns -0.0 into 0.0, so that the total order groups them as equal.
+    let mut pairs: Vec<(f64, bool)> = scores
+        .iter()
+        .zip(labels)
+        .map(|(&s, &l)| (s + 0.0, l != 0))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // For each group of equal scores: every positive beats the negatives below the group and
+    // ties (half a win) with the negatives inside it. Twice the wins stays an exact integer.
+    let mut twice_wins: u128 = 0;
+    let mut negatives_below: u64 = 0;
+    let mut i = 0;
+    while i < pairs.len() {
+        let score = pairs[i].0;
+        let (mut pos, mut neg) = (0u64, 0u64);
+        while i < pairs.len() && pairs[i].0.total_cmp(&score).is_eq() {
+            if pairs[i].1 {
+                pos += 1
+            } else {
+                neg += 1
+            }
+            i += 1;
+        }
+        twice_wins += pos as u128 * (2 * negatives_below + neg) as u128;
+        negatives_below += neg;
+    }
+    Some(twice_wins as f64 / (2.0 * positives as f64 * negatives as f64))
+}
+
+/// Mean binary cross-entropy, with probabilities clipped to [1e-15, 1 - 1e-15]. `None` when
+/// empty.
+///
+/// # Panics
+/// If `probs` and `labels` differ in length.
+pub fn logloss(probs: &[f64], labels: &[u8]) -> Option<f64> {
+    assert_eq!(probs.len(), labels.len(), "logloss: lengths differ");
+    if probs.is_empty() {
+        return None;
+    }
+    const EPS: f64 = 1e-15;
+    let sum: f64 = probs
+        .iter()
+        .zip(labels)
+        .map(|(&p, &l)| {
+            let p = p.clamp(EPS, 1.0 - EPS);
+            if l != 0 { -p.ln() } else { -(1.0 - p).ln() }
+        })
+        .sum();
+    Some(sum / probs.len() as f64)
+}
+
+/// Calibration: mean prediction / mean label (1 is calibrated, above 1 over-predicts). `None`
+/// when there are no positives (or no rows).
+///
+/// # Panics
+/// If `probs` and `labels` differ in length.
+pub fn calibration(probs: &[f64], labels: &[u8]) -> Option<f64> {
+    assert_eq!(probs.len(), labels.len(), "calibration: lengths differ");
+    let positives = labels.iter().filter(|&&l| l != 0).count();
+    if positives == 0 {
+        return None;
+    }
+    Some(probs.iter().sum::<f64>() / positives as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// O(n^2) reference: mean over (positive, negative) pairs of 1 / 0.5 / 0.
+    fn brute_auc(scores: &[f64], labels: &[u8]) -> f64 {
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (i, &si) in scores.iter().enumerate() {
+            for (j, &sj) in scores.iter().enumerate() {
+                if labels[i] != 0 && labels[j] == 0 {
+                    pairs += 1.0;
+                    wins += if si > sj {
+                        1.0
+                    } else if si == sj {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        wins / pairs
+    }
+
+    #[test]
+    fn auc_of_known_cases() {
+        // The classic example: 3 of the 4 (positive, negative) pairs are ordered right.
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0, 0, 1, 1]), Some(0.75));
+        assert_eq!(auc(&[0.1, 0.2, 0.3, 0.4], &[0, 0, 1, 1]), Some(1.0));
+        assert_eq!(auc(&[0.1, 0.2, 0.3, 0.4], &[1, 1, 0, 0]), Some(0.0));
+    }
+
+    #[test]
+    fn auc_averages_ties() {
+        assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 1]), Some(0.5));
+        // Pairs: (0.5 vs 0.1) 1, (0.5 vs 0.5) 1/2, (0.9 vs 0.1) 1, (0.9 vs 0.5) 1 -> 3.5 / 4.
+        assert_eq!(auc(&[0.1, 0.5, 0.5, 0.9], &[0, 1, 0, 1]), Some(0.875));
+        // -0.0 and 0.0 are one tie.
+        assert_eq!(auc(&[-0.0, 0.0], &[1, 0]), Some(0.5));
+    }
+
+    #[test]
+    fn auc_needs_both_classes() {
+        assert_eq!(auc(&[0.2, 0.9], &[1, 1]), None);
+        assert_eq!(auc(&[0.2, 0.9], &[0, 0]), None);
+        assert_eq!(auc(&[], &[]), None);
+    }
+
+    #[test]
+    fn auc_matches_brute_force_with_many_ties() {
+        let mut rng = SplitMix64::new(11);
+        for n in [2usize, 7, 50, 400] {
+            let scores: Vec<f64> = (0..n).map(|_| rng.below(10) as f64 / 10.0).collect();
+            let labels: Vec<u8> = (0..n).map(|_| rng.bernoulli(0.3) as u8).collect();
+            let expected = if labels.iter().all(|&l| l == labels[0]) {
+                None
+            } else {
+                Some(brute_auc(&scores, &labels))
+            };
+            let got = auc(&scores, &labels);
+            assert!(
+                match (got, expected) {
+                    (Some(a), Some(b)) => close(a, b),
+                    (a, b) => a == b,
+                },
+                "n={n}: {got:?} vs {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn logloss_by_hand() {
+        let ll = logloss(&[0.8, 0.4], &[1, 0]).expect("rows");
+        assert!(close(ll, -(0.8f64.ln() + 0.6f64.ln()) / 2.0), "{ll}");
+        // Clipped: a confident mistake costs -ln(1e-15), not infinity.
+        let ll = logloss(&[0.0], &[1]).expect("rows");
+        assert!(close(ll, -(1e-15f64).ln()), "{ll}");
+        assert_eq!(logloss(&[], &[]), None);
+    }
+
+    #[test]
+    fn calibration_by_hand() {
+        let c = calibration(&[0.2, 0.4, 0.3, 0.1], &[0, 1, 0, 0]).expect("a positive");
+        assert!(close(c, 1.0 / 1.0), "{c}");
+        let c = calibration(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 0]).expect("a positive");
+        assert!(close(c, 2.0), "{c}");
+        assert_eq!(calibration(&[0.3, 0.1], &[0, 0]), None);
+    }
+}
