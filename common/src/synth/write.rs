@@ -145,12 +145,16 @@ pub(crate) const AGE_NULL_RATE: f64 = 0.02;
 
 /// [`AsyncFileWriter`] over object_store's [`BufWriter`]: buffers up to [`PART_BYTES`], then
 /// switches to a multipart upload; `complete` finishes the upload (or does a single put).
-struct StoreWriter(BufWriter);
+struct StoreWriter {
+    inner: BufWriter,
+    /// `complete` has started: the upload can no longer be aborted (BufWriter panics).
+    completing: bool,
+}
 
 impl AsyncFileWriter for StoreWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
         Box::pin(async move {
-            self.0
+            self.inner
                 .put(bs)
                 .await
                 .map_err(|e| ParquetError::External(Box::new(e)))
@@ -160,7 +164,8 @@ impl AsyncFileWriter for StoreWriter {
     fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
         Box::pin(async move {
             use tokio::io::AsyncWriteExt;
-            self.0
+            self.completing = true;
+            self.inner
                 .shutdown()
                 .await
                 .map_err(|e| ParquetError::External(Box::new(e)))
@@ -196,10 +201,11 @@ impl Part {
     fn open(out: &StoreUrl, name: &str, props: &WriterProperties) -> Result<Self> {
         let path = out.child(name);
         let url = out.object_url(&path);
-        let sink = StoreWriter(
-            BufWriter::with_capacity(out.store.clone(), path.clone(), PART_BYTES)
+        let sink = StoreWriter {
+            inner: BufWriter::with_capacity(out.store.clone(), path.clone(), PART_BYTES)
                 .with_max_concurrency(PARTS_IN_FLIGHT),
-        );
+            completing: false,
+        };
         let schema = schema();
         let writer =
             AsyncArrowWriter::try_new(sink, schema.clone(), Some(props.clone())).map_err(|e| {
@@ -226,11 +232,14 @@ impl Part {
                 Err(other) => other,
             };
             let source = match source.downcast::<std::io::Error>() {
-                Ok(io) => match io.into_inner().map(|i| i.downcast::<object_store::Error>()) {
-                    Some(Ok(store)) => return out.error("write", &self.path, *store),
-                    Some(Err(other)) => other,
-                    None => return self.write_error("I/O error".into()),
-                },
+                Ok(io) => {
+                    let message = io.to_string();
+                    match io.into_inner().map(|i| i.downcast::<object_store::Error>()) {
+                        Some(Ok(store)) => return out.error("write", &self.path, *store),
+                        Some(Err(other)) => other,
+                        None => return self.write_error(message),
+                    }
+                }
                 Err(other) => other,
             };
             return self.write_error(source.to_string());
@@ -263,21 +272,28 @@ impl Part {
         }
     }
 
+    /// Writes the footer and completes the upload. On failure the writer stays, for `abort`.
     async fn close(&mut self, out: &StoreUrl) -> Result<()> {
-        let Some(writer) = self.writer.take() else {
+        let Some(writer) = self.writer.as_mut() else {
             return Ok(());
         };
-        writer
-            .close()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(out, e))
+        match writer.finish().await {
+            Ok(_) => {
+                self.writer = None;
+                Ok(())
+            }
+            Err(e) => Err(self.error(out, e)),
+        }
     }
 
-    /// Best-effort clean-up of a failed upload (no multipart garbage left behind).
+    /// Best-effort clean-up of a failed upload (no multipart garbage left behind). An upload
+    /// whose completion failed is left to the store (BufWriter cannot abort it any more).
     async fn abort(&mut self) {
         if let Some(writer) = self.writer.take() {
-            let _ = writer.into_inner().0.abort().await;
+            let mut sink = writer.into_inner();
+            if !sink.completing {
+                let _ = sink.inner.abort().await;
+            }
         }
     }
 }
