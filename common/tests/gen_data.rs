@@ -438,7 +438,8 @@ async fn stale_objects_are_refused_and_eval_is_optional() {
 /// Throughput and memory: `FUNNEL_GEN_ROWS` (default 10M) rows in `FUNNEL_GEN_FILES` (default 4)
 /// parts to a temporary directory.
 /// Run in release under `/usr/bin/time -v` to read the max RSS:
-/// `cargo test --release -p funnel-common --test gen_data -- --ignored --nocapture`.
+/// `cargo test --release -p funnel-common --test gen_data -- --ignored --nocapture`. With
+/// `FUNNEL_GEN_ORACLE` set, it also reads everything back and prints the oracle AUCs.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark"]
 async fn throughput() {
@@ -471,6 +472,20 @@ async fn throughput() {
         bytes as f64 / (1 << 20) as f64,
         summary.positives
     );
+    if std::env::var_os("FUNNEL_GEN_ORACLE").is_some() {
+        let mut scan = Scan::default();
+        for url in &summary.objects {
+            let bytes = std::fs::read(url.trim_start_matches("file://")).expect("object");
+            scan.add_object(Bytes::from(bytes), &opts);
+        }
+        for (k, label) in LABEL_COLUMNS.iter().enumerate() {
+            let a = auc(&scan.truth[k], &scan.labels[k]).expect("both classes");
+            println!(
+                "oracle AUC {label}: {a:.4} ({} positives)",
+                summary.positives[*label]
+            );
+        }
+    }
 }
 
 #[tokio::test]
