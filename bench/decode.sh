@@ -24,7 +24,7 @@ fi
 # Both sides read only the training split.
 sed -i 's|^eval = .*||' "$out/job.toml"
 
-rust=$(cargo bench --quiet -p funnel-common --bench decode -- --spec "$out/job.toml" --runs "$runs")
+rust=$(cargo bench --quiet -p funnel-common --bench decode -- --spec "$PWD/$out/job.toml" --runs "$runs")
 py=$(bench/.venv/bin/python bench/decode_pyarrow.py "$out/data/train" "$columns" "$runs")
 echo "funnel : $rust"
 echo "pyarrow: $py"

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, ValidateArgs};
 use clap::Parser;
 use funnel_common::spec::{Job, synthetic_job_toml};
+use funnel_common::store::StoreUrl;
 use funnel_common::synth::{GenOptions, TruthRates, generate};
 use funnel_common::validate::validate;
 use std::path::Path;
@@ -124,6 +125,9 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
 }
 
 fn write_config(path: &Path, data_url: &str, output_url: &str) -> Result<()> {
+    // A relative path given on the command line is relative to the shell, but paths in a spec
+    // are relative to the spec file: write the absolute URL.
+    let data_url = &StoreUrl::open(data_url, "--output")?.url.to_string();
     let output = if output_url.is_empty() {
         format!("{}/output", data_url.trim_end_matches('/'))
     } else {
