@@ -2,6 +2,11 @@
 
 mod args;
 
+/// mimalloc: decoding and training allocate and free large buffers every batch; glibc malloc
+/// returns them to the kernel and faults them back in each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, ValidateArgs};
 use clap::Parser;

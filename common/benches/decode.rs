@@ -12,6 +12,10 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The same allocator as the `funnel` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {

@@ -197,15 +197,16 @@ fn read_label<'a>(
         })?;
         for (r, v) in values.into_iter().enumerate() {
             match v {
-                Some(0.0) => {}
-                Some(1.0) => out[r] = 1,
+                0.0 => {}
+                1.0 => out[r] = 1,
                 bad => {
                     if policy == BadRowPolicy::Fail {
                         return Err(Error::BadLabel {
                             location: origin.at(Some(r), name, &field.key),
-                            message: match bad {
-                                None => "label is null".to_string(),
-                                Some(x) => format!("label is {x}, expected 0 or 1"),
+                            message: if bad.is_nan() {
+                                "label is null (or NaN)".to_string()
+                            } else {
+                                format!("label is {bad}, expected 0 or 1")
                             },
                         });
                     }
@@ -279,11 +280,11 @@ fn apply_funnel_policy(
     Ok(())
 }
 
-fn transform(f: &NumericField, values: Vec<Option<f64>>, stats: &mut DecodeStats) -> Vec<f32> {
+fn transform(f: &NumericField, values: Vec<f64>, stats: &mut DecodeStats) -> Vec<f32> {
     values
         .into_iter()
-        .map(|v| match v {
-            Some(x) if x.is_finite() => {
+        .map(|x| match x {
+            x if x.is_finite() => {
                 let y = match f.transform {
                     Transform::None => x,
                     Transform::Log1p => x.signum() * x.abs().ln_1p(),
@@ -302,17 +303,29 @@ fn transform(f: &NumericField, values: Vec<Option<f64>>, stats: &mut DecodeStats
 fn primitive_f64<T: ArrowPrimitiveType>(
     a: &PrimitiveArray<T>,
     f: impl Fn(T::Native) -> f64,
-) -> Vec<Option<f64>> {
-    a.iter().map(|v| v.map(&f)).collect()
+) -> Vec<f64> {
+    let mut out: Vec<f64> = a.values().iter().map(|&v| f(v)).collect();
+    if let Some(nulls) = a.nulls().filter(|n| n.null_count() > 0) {
+        for r in nulls
+            .iter()
+            .enumerate()
+            .filter(|(_, valid)| !valid)
+            .map(|(r, _)| r)
+        {
+            out[r] = f64::NAN;
+        }
+    }
+    out
 }
 
-/// Any numeric or boolean column as optional f64 values.
-fn read_numbers(arr: &ArrayRef) -> std::result::Result<Vec<Option<f64>>, String> {
+/// Any numeric or boolean column as f64 values, with nulls as NaN (numeric features treat both
+/// alike; labels reject both).
+fn read_numbers(arr: &ArrayRef) -> std::result::Result<Vec<f64>, String> {
     Ok(match arr.data_type() {
         DataType::Boolean => arr
             .as_boolean()
             .iter()
-            .map(|v| v.map(|b| b as u8 as f64))
+            .map(|v| v.map_or(f64::NAN, |b| b as u8 as f64))
             .collect(),
         DataType::Int8 => primitive_f64(arr.as_primitive::<Int8Type>(), |v| v as f64),
         DataType::Int16 => primitive_f64(arr.as_primitive::<Int16Type>(), |v| v as f64),
@@ -416,12 +429,19 @@ fn hash_bag(
     };
     let ids = hash_values(values, seed, buckets)?;
     let mut bag = Bag::new();
+    let element_nulls = values.null_count() > 0;
+    bag.ids.reserve(ids.len().min(offsets.len() * max_len));
+    bag.offsets.reserve(offsets.len());
     let mut push_row = |r: usize| {
         if !arr.is_null(r) {
-            let row = (offsets[r]..offsets[r + 1])
-                .filter(|&j| !values.is_null(j))
-                .take(max_len);
-            bag.ids.extend(row.map(|j| ids[j]));
+            let (start, end) = (offsets[r], offsets[r + 1]);
+            if element_nulls {
+                let row = (start..end).filter(|&j| !values.is_null(j)).take(max_len);
+                bag.ids.extend(row.map(|j| ids[j]));
+            } else {
+                bag.ids
+                    .extend_from_slice(&ids[start..end.min(start + max_len)]);
+            }
         }
         bag.offsets.push(bag.ids.len() as u32);
     };

@@ -6,11 +6,14 @@ use crate::columns::DecodePlan;
 use crate::decode::{ChunkOrigin, DecodeStats, decode};
 use crate::error::{DataLocation, Error, Result};
 use crate::manifest::{DatasetManifest, Shard};
+use arrow_schema::DataType;
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use std::ops::Range;
@@ -165,7 +168,7 @@ fn decode_row_group(
         }),
         message: format!("cannot decode: {e}"),
     };
-    let reader = |cols: &[usize]| {
+    let reader = |meta: &ArrowReaderMetadata, cols: &[usize]| {
         let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
         ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
             .with_projection(mask)
@@ -173,11 +176,15 @@ fn decode_row_group(
             .with_batch_size(batch_rows)
             .build()
     };
+    let meta = with_dictionary_strings(meta, plan);
     let mut first_row = 0u64;
-    for rb in reader(roots).map_err(|e| fail(e, None))? {
+    for rb in reader(&meta, roots).map_err(|e| fail(e, None))? {
         let rb = match rb {
             Ok(rb) => rb,
-            Err(e) => return Err(fail(e.into(), guilty_column(&reader, roots, &meta))),
+            Err(e) => {
+                let guilty = guilty_column(&|cols: &[usize]| reader(&meta, cols), roots, &meta);
+                return Err(fail(e.into(), guilty));
+            }
         };
         let origin = ChunkOrigin {
             object: object as u32,
@@ -187,10 +194,48 @@ fn decode_row_group(
         };
         let (b, s) = decode(plan, &rb, &origin)?;
         first_row += rb.num_rows() as u64;
-        out.append(&b);
+        if out.rows == 0 {
+            out = b; // usually the only chunk: no copy
+        } else {
+            out.append(&b);
+        }
         stats.merge(&s);
     }
     Ok((out, stats))
+}
+
+/// Reads string categorical columns as dictionaries, so each distinct value is hashed once per
+/// row group instead of once per row (Parquet writers dictionary-encode such columns anyway).
+fn with_dictionary_strings(meta: ArrowReaderMetadata, plan: &DecodePlan) -> ArrowReaderMetadata {
+    let schema = meta.schema();
+    let mut changed = false;
+    let fields: Vec<arrow_schema::FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let categorical = plan.categorical.iter().any(|c| &c.column == f.name());
+            match f.data_type() {
+                t @ (DataType::Utf8 | DataType::LargeUtf8) if categorical => {
+                    changed = true;
+                    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(t.clone()));
+                    Arc::new(f.as_ref().clone().with_data_type(dict))
+                }
+                _ => f.clone(),
+            }
+        })
+        .collect();
+    if !changed {
+        return meta;
+    }
+    let hinted = Arc::new(arrow_schema::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ));
+    ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(hinted),
+    )
+    .unwrap_or(meta)
 }
 
 /// After a decode failure, finds the first column that fails on its own, so the error can

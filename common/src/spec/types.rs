@@ -79,7 +79,7 @@ fn default_decode_threads() -> usize {
     2
 }
 fn default_read_batch_rows() -> usize {
-    8_192
+    65_536
 }
 
 /// Policy for funnel-inconsistent label rows.
