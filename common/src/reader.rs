@@ -117,12 +117,27 @@ impl ShardReader {
         let url = entry.url.clone();
         let batch_rows = self.read_batch_rows;
         let (batch, stats) = tokio::task::spawn_blocking(move || {
-            decode_row_group(
-                &chunk, meta, &roots, &plan, &url, object, row_group, batch_rows,
-            )
+            // The Parquet decoder may panic on some corrupt pages; a corrupt object is bad input,
+            // not a bug, so it becomes an error naming the object and row group.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode_row_group(
+                    &chunk, meta, &roots, &plan, &url, object, row_group, batch_rows,
+                )
+            }))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("decoder panicked");
+                Err(Error::Parquet {
+                    location: Box::new(at),
+                    message: format!("corrupt data: the Parquet decoder failed: {why}"),
+                })
+            })
         })
         .await
-        .map_err(|e| Error::Task(format!("decoding {at:?}: {e}")))??;
+        .map_err(|e| Error::Task(format!("decode task: {e}")))??;
         Ok(DecodedRowGroup {
             object,
             row_group,
