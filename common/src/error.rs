@@ -129,6 +129,14 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A checkpoint that cannot be written, found or trusted.
+    #[error("checkpoint {url}: {message}")]
+    Checkpoint {
+        /// Checkpoint (or output) URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A background task (decode pool) died.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -7,6 +7,8 @@
 //! - [`manifest`]: the dataset manifest built once from Parquet footers, and its schema check.
 //! - [`columns`]: how spec features and labels map onto Parquet columns (the decode plan).
 //! - [`decode`]: Arrow record batches -> [`batch::Batch`], with label policies and counts.
+//! - [`checkpoint`]: checkpoint commits (files, then a create-only MANIFEST, then LATEST) and
+//!   verified reads; safetensors encoding of named tensors.
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
@@ -16,6 +18,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod columns;
 pub mod decode;
 pub mod error;
