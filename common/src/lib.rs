@@ -9,6 +9,8 @@
 //! - [`decode`]: Arrow record batches -> [`batch::Batch`], with label policies and counts.
 //! - [`checkpoint`]: checkpoint commits (files, then a create-only MANIFEST, then LATEST) and
 //!   verified reads; safetensors encoding of named tensors.
+//! - [`pipeline`]: an epoch of batches (deterministic shard order, shuffle, bounded hand-off to
+//!   the training thread).
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
@@ -25,6 +27,7 @@ pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
+pub mod pipeline;
 pub mod reader;
 pub mod rng;
 pub mod spec;
