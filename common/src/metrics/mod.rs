@@ -1,7 +1,8 @@
-//! Exact evaluation metrics over in-memory scores: ROC AUC with averaged ties, log loss and
-//! calibration.
+//! Exact evaluation metrics: ROC AUC with averaged ties, log loss and calibration, as plain
+//! functions over slices and as accumulators that merge across batches and workers without
+//! approximation ([`TargetMetrics`] per labelled stage).
 //!
-//! Semantics shared by every function here:
+//! Semantics shared by every function and accumulator here:
 //! - A label counts as positive when it is non-zero.
 //! - AUC is the Mann-Whitney statistic: the share of (positive, negative) pairs ordered right,
 //!   tied scores counting one half (average ranks), as scikit-learn's `roc_auc_score`. It is
@@ -12,9 +13,18 @@
 //! - Calibration is mean prediction / mean label = sum of predictions / positives (1 is
 //!   calibrated, above 1 over-predicts); undefined without positives.
 //! - Sums are correctly rounded (Shewchuk's algorithm, as Python's `math.fsum`), so a result
-//!   depends only on the multiset of (score, label) rows, never on their order.
+//!   depends only on the multiset of (score, label) rows: never on batching, batches without
+//!   positives, merge order or which worker saw which row.
+//!
+//! The accumulators keep every row (exact AUC needs the joint order of all scores), 9 bytes
+//! each; a peer's rows travel as [`TargetMetrics::scores`] and [`TargetMetrics::labels`] and come
+//! back through [`TargetMetrics::from_parts`]. Checked against scikit-learn by
+//! `common/tests/metrics_fixture.rs` and `tests/python/test_metrics_sklearn.py`.
 
 mod exact_sum;
+mod target;
+
+pub use target::{TargetMetrics, TargetSummary};
 
 use exact_sum::exact_sum;
 
