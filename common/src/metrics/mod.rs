@@ -1,6 +1,7 @@
 //! Exact evaluation metrics: ROC AUC with averaged ties, log loss and calibration, as plain
 //! functions over slices and as accumulators that merge across batches and workers without
-//! approximation ([`TargetMetrics`] per labelled stage).
+//! approximation ([`TargetMetrics`] per labelled stage, [`FunnelMetrics`] per funnel, with
+//! conditional metrics such as ESMM's CVR AUC over clicked rows).
 //!
 //! Semantics shared by every function and accumulator here:
 //! - A label counts as positive when it is non-zero.
@@ -22,8 +23,10 @@
 //! `common/tests/metrics_fixture.rs` and `tests/python/test_metrics_sklearn.py`.
 
 mod exact_sum;
+mod funnel;
 mod target;
 
+pub use funnel::{ConditionalReport, FunnelMetrics, FunnelReport, StageReport};
 pub use target::{TargetMetrics, TargetSummary};
 
 use exact_sum::exact_sum;
