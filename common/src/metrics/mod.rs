@@ -1,5 +1,83 @@
-//! Exact evaluation metrics over in-memory scores: ROC AUC with averaged ties, log loss and
-//! calibration. A label counts as positive when it is non-zero.
+//! Exact evaluation metrics: ROC AUC with averaged ties, log loss and calibration, as plain
+//! functions over slices and as accumulators that merge across batches and workers without
+//! approximation ([`TargetMetrics`] per labelled stage, [`FunnelMetrics`] per funnel, with
+//! conditional metrics such as ESMM's CVR AUC over clicked rows).
+//!
+//! Semantics shared by every function and accumulator here:
+//! - A label counts as positive when it is non-zero.
+//! - AUC is the Mann-Whitney statistic: the share of (positive, negative) pairs ordered right,
+//!   tied scores counting one half (average ranks), as scikit-learn's `roc_auc_score`. It is
+//!   undefined (`None`, never NaN and never a substituted 0.5) without both classes.
+//! - Log loss is the mean binary cross-entropy with predictions clipped to
+//!   [1e-15, 1 - 1e-15] (scikit-learn 1.9 clips to f64's machine epsilon instead; the two
+//!   agree for every prediction inside [1e-15, 1 - 1e-15]).
+//! - Calibration is mean prediction / mean label = sum of predictions / positives (1 is
+//!   calibrated, above 1 over-predicts); undefined without positives.
+//! - Sums are correctly rounded (Shewchuk's algorithm, as Python's `math.fsum`), so a result
+//!   depends only on the multiset of (score, label) rows: never on batching, batches without
+//!   positives, merge order or which worker saw which row.
+//!
+//! The accumulators keep every row (exact AUC needs the joint order of all scores), 9 bytes
+//! each; a peer's rows travel as [`TargetMetrics::scores`] and [`TargetMetrics::labels`] and come
+//! back through [`TargetMetrics::from_parts`]. Checked against scikit-learn by
+//! `common/tests/metrics_fixture.rs` and `tests/python/test_metrics_sklearn.py`.
+
+mod exact_sum;
+mod funnel;
+mod target;
+
+pub use funnel::{ConditionalReport, FunnelMetrics, FunnelReport, StageReport};
+pub use target::{TargetMetrics, TargetSummary};
+
+use exact_sum::exact_sum;
+
+/// Clipping bound of log loss: predictions are clipped to [`LOGLOSS_EPS`, 1 - `LOGLOSS_EPS`].
+pub const LOGLOSS_EPS: f64 = 1e-15;
+
+/// Errors of the metric accumulators: caller bugs or a peer's malformed partial metrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricsError {
+    /// Arrays that must describe the same rows differ in length.
+    #[error("metrics: {what} has {got} rows, expected {expected}")]
+    Rows {
+        /// Which array (`predictions of target click`).
+        what: String,
+        /// Rows expected.
+        expected: usize,
+        /// Rows found.
+        got: usize,
+    },
+    /// The number of per-target (or per-conditional) arrays does not match the layout.
+    #[error("metrics: {what}: got {got} arrays, expected {expected}")]
+    Arrays {
+        /// Which list (`predictions`, `labels`, `conditional scores`).
+        what: &'static str,
+        /// Arrays expected.
+        expected: usize,
+        /// Arrays found.
+        got: usize,
+    },
+    /// A target or conditional name is used twice.
+    #[error("metrics: `{0}` is declared twice")]
+    Duplicate(String),
+    /// A name that is not a declared target.
+    #[error("metrics: no target `{0}`")]
+    UnknownTarget(String),
+    /// Two accumulators with different targets or conditionals cannot merge.
+    #[error("metrics: cannot merge {theirs} into {ours}")]
+    Layout {
+        /// This accumulator's layout.
+        ours: String,
+        /// The other one's.
+        theirs: String,
+    },
+}
+
+/// Binary cross-entropy of one row, with the prediction clipped (see [`LOGLOSS_EPS`]).
+fn bce(p: f64, label: u8) -> f64 {
+    let p = p.clamp(LOGLOSS_EPS, 1.0 - LOGLOSS_EPS);
+    if label != 0 { -p.ln() } else { -(1.0 - p).ln() }
+}
 
 /// Exact ROC AUC (Mann-Whitney U / (positives x negatives)) with tied scores counted as half a
 /// win, i.e. average ranks for ties. `None` when there are no positives or no negatives.
@@ -49,8 +127,8 @@ pub fn auc(scores: &[f64], labels: &[u8]) -> Option<f64> {
     Some(twice_wins as f64 / (2.0 * positives as f64 * negatives as f64))
 }
 
-/// Mean binary cross-entropy, with probabilities clipped to [1e-15, 1 - 1e-15]. `None` when
-/// empty.
+/// Mean binary cross-entropy, with probabilities clipped to [1e-15, 1 - 1e-15], summed
+/// exactly. `None` when empty.
 ///
 /// # Panics
 /// If `probs` and `labels` differ in length.
@@ -59,20 +137,12 @@ pub fn logloss(probs: &[f64], labels: &[u8]) -> Option<f64> {
     if probs.is_empty() {
         return None;
     }
-    const EPS: f64 = 1e-15;
-    let sum: f64 = probs
-        .iter()
-        .zip(labels)
-        .map(|(&p, &l)| {
-            let p = p.clamp(EPS, 1.0 - EPS);
-            if l != 0 { -p.ln() } else { -(1.0 - p).ln() }
-        })
-        .sum();
+    let sum = exact_sum(probs.iter().zip(labels).map(|(&p, &l)| bce(p, l)));
     Some(sum / probs.len() as f64)
 }
 
-/// Calibration: mean prediction / mean label (1 is calibrated, above 1 over-predicts). `None`
-/// when there are no positives (or no rows).
+/// Calibration: mean prediction / mean label (1 is calibrated, above 1 over-predicts), summed
+/// exactly. `None` when there are no positives (or no rows).
 ///
 /// # Panics
 /// If `probs` and `labels` differ in length.
@@ -82,7 +152,7 @@ pub fn calibration(probs: &[f64], labels: &[u8]) -> Option<f64> {
     if positives == 0 {
         return None;
     }
-    Some(probs.iter().sum::<f64>() / positives as f64)
+    Some(exact_sum(probs.iter().copied()) / positives as f64)
 }
 
 #[cfg(test)]
