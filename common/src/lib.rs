@@ -14,7 +14,7 @@
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
-//! - [`metrics`]: exact metrics (AUC with averaged ties).
+//! - [`metrics`]: exact, mergeable metrics: AUC (ties averaged), logloss, calibration, CVR AUC.
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`error`]: the crate's error type.
