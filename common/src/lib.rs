@@ -8,6 +8,7 @@
 //! - [`columns`]: how spec features and labels map onto Parquet columns (the decode plan).
 //! - [`decode`]: Arrow record batches -> [`batch::Batch`], with label policies and counts.
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
+//! - [`embedding`]: host-side embedding tables, pooled gather, row-sparse gradients, sparse optimizers.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact metrics (AUC with averaged ties).
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod columns;
 pub mod decode;
+pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod manifest;
