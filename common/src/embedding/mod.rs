@@ -6,11 +6,14 @@
 //! the touched rows only.
 //!
 //! - [`EmbeddingTable`]: `[rows, dim]` row-major storage with deterministic initialisation.
+//! - [`SparseGrad`]: `(ids, rows)` per table, with scaling and a commutative, fixed-order merge for all-reduce.
 //!
 //! Nothing here depends on burn or on threads: the trainer decides where this runs.
 
+mod grad;
 mod table;
 
+pub use grad::SparseGrad;
 pub use table::{EmbeddingInit, EmbeddingTable};
 
 /// What can go wrong building, feeding or restoring embeddings. Shapes that come from the job
