@@ -6,14 +6,21 @@
 //! the touched rows only.
 //!
 //! - [`EmbeddingTable`]: `[rows, dim]` row-major storage with deterministic initialisation.
+//! - [`EmbeddingSet`]: the job's tables and features (shared tables), [`EmbeddingSet::gather`]
+//!   (categorical rows and mean-pooled bags) and [`EmbeddingSet::backward`].
 //! - [`SparseGrad`]: `(ids, rows)` per table, with scaling and a commutative, fixed-order merge for all-reduce.
 //!
 //! Nothing here depends on burn or on threads: the trainer decides where this runs.
 
 mod grad;
+mod set;
 mod table;
 
+#[cfg(test)]
+mod set_tests;
+
 pub use grad::SparseGrad;
+pub use set::{EmbeddingSet, FeatureSlot};
 pub use table::{EmbeddingInit, EmbeddingTable};
 
 /// What can go wrong building, feeding or restoring embeddings. Shapes that come from the job
