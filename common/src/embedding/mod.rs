@@ -9,17 +9,28 @@
 //! - [`EmbeddingSet`]: the job's tables and features (shared tables), [`EmbeddingSet::gather`]
 //!   (categorical rows and mean-pooled bags) and [`EmbeddingSet::backward`].
 //! - [`SparseGrad`]: `(ids, rows)` per table, with scaling and a commutative, fixed-order merge for all-reduce.
+//! - [`SparseOptimizer`]: [`LazyAdam`], [`Adagrad`], [`Sgd`], with state export and restore that
+//!   continue bit-exactly; [`SparseOptimizerConfig`] maps the job spec onto them.
 //!
 //! Nothing here depends on burn or on threads: the trainer decides where this runs.
 
 mod grad;
+mod optim;
+mod rules;
 mod set;
 mod table;
 
 #[cfg(test)]
+mod optim_tests;
+#[cfg(test)]
 mod set_tests;
 
 pub use grad::SparseGrad;
+pub use optim::{
+    AdagradConfig, AdamConfig, EmbeddingOptimizers, OptimizerState, SparseOptimizer,
+    SparseOptimizerConfig, StateBuffer,
+};
+pub use rules::{Adagrad, LazyAdam, Sgd};
 pub use set::{EmbeddingSet, FeatureSlot};
 pub use table::{EmbeddingInit, EmbeddingTable};
 
