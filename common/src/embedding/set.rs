@@ -4,6 +4,11 @@
 //! every categorical feature in spec order, then the mean of the rows of every list feature's
 //! bag in spec order (an empty bag gives zeros). Features that name the same table (`table` key,
 //! else the column name) read the same rows; tables are numbered in order of first use.
+//!
+//! A bag's mean is, in `f32`, the sum of its rows in bag order times `1 / n` (a repeated id
+//! counts once per occurrence, forward and backward). Ids are checked against their tables once
+//! per batch, before the copy loops, which then move whole rows with `copy_from_slice` and
+//! zipped iterators.
 
 use super::table::EmbeddingInit;
 use super::{EmbeddingError, EmbeddingTable, SparseGrad};
