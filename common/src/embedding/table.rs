@@ -166,11 +166,7 @@ fn fill(data: &mut [f32], dim: usize, key: u64, draw: impl Fn(&mut SplitMix64) -
 }
 
 /// Zeroed `[rows, dim]` storage, or an error instead of an allocation abort.
-pub(super) fn allocate(
-    name: &str,
-    rows: u64,
-    dim: usize,
-) -> Result<(usize, Vec<f32>), EmbeddingError> {
+fn allocate(name: &str, rows: u64, dim: usize) -> Result<(usize, Vec<f32>), EmbeddingError> {
     if rows == 0 || dim == 0 {
         return Err(EmbeddingError::EmptyTable {
             table: name.to_string(),
