@@ -12,6 +12,7 @@
 //! - [`pipeline`]: an epoch of batches (deterministic shard order, shuffle, bounded hand-off to
 //!   the training thread).
 //! - [`batch`]: plain-array batches (no burn), the shuffle buffer and fixed-size batching.
+//! - [`embedding`]: host-side embedding tables, pooled gather, row-sparse gradients, sparse optimizers.
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact, mergeable metrics: AUC (ties averaged), logloss, calibration, CVR AUC.
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod columns;
 pub mod decode;
+pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod manifest;
