@@ -11,6 +11,7 @@
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact metrics (AUC with averaged ties).
+//! - [`model`]: burn towers, the log-space funnel loss and the flat dense-parameter buffer.
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`error`]: the crate's error type.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod reader;
 pub mod rng;
 pub mod spec;
