@@ -17,6 +17,13 @@ pub mod params;
 mod step;
 mod tower;
 
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
 pub use optim::DenseOptim;
 pub use params::{ParamLayout, ParamSpec};
 pub use step::StepOutput;
