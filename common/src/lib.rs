@@ -16,6 +16,7 @@
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact, mergeable metrics: AUC (ties averaged), logloss, calibration, CVR AUC.
+//! - [`model`]: burn towers, the log-space funnel loss and the flat dense-parameter buffer.
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`error`]: the crate's error type.
@@ -29,7 +30,11 @@ pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
+<<<<<<< HEAD
 pub mod pipeline;
+=======
+pub mod model;
+>>>>>>> model
 pub mod reader;
 pub mod rng;
 pub mod spec;
