@@ -30,11 +30,8 @@ pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
-<<<<<<< HEAD
-pub mod pipeline;
-=======
 pub mod model;
->>>>>>> model
+pub mod pipeline;
 pub mod reader;
 pub mod rng;
 pub mod spec;
