@@ -101,6 +101,12 @@ pub struct GenDataArgs {
     /// Distinct items (Zipf popularity).
     #[arg(long, default_value_t = 200_000)]
     pub items: u64,
+    /// Distinct item categories.
+    #[arg(long, default_value_t = 1_000)]
+    pub categories: u64,
+    /// Distinct queries (Zipf popularity).
+    #[arg(long, default_value_t = 20_000)]
+    pub queries: u64,
     /// Zipf exponent of item and query popularity.
     #[arg(long, default_value_t = 1.1)]
     pub zipf_exponent: f64,

@@ -125,6 +125,8 @@ async fn run_gen_data(a: GenDataArgs) -> Result<()> {
         eval_fraction: a.eval_fraction,
         users: a.users,
         items: a.items,
+        categories: a.categories,
+        queries: a.queries,
         zipf_exponent: a.zipf_exponent,
         rates: TruthRates {
             click: a.click_rate,

@@ -228,6 +228,19 @@ fn train_epoch(
             EpochItem::Failed(e) => return Err(e.into()),
         };
         let g = trainer.train_batch(&batch)?;
+        tracing::trace!(
+            step = state.step + 1,
+            ids = funnel_common::hash::xxh64_u64(
+                batch
+                    .categorical
+                    .iter()
+                    .flatten()
+                    .fold(0u64, |h, &v| h.rotate_left(5) ^ u64::from(v)),
+                0
+            ),
+            loss = g.loss.to_bits(),
+            "step"
+        );
         if !g.loss.is_finite() {
             return Err(WorkerError::NonFinite(format!(
                 "loss is {} at epoch {epoch}, step {} (batch of {} rows from {:?})",

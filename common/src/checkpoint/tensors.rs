@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 
 /// One named tensor.
@@ -18,40 +18,56 @@ pub struct NamedTensor {
 }
 
 /// Encodes tensors (any order; names must be unique) as safetensors bytes, with `metadata`
-/// stored in the header.
+/// stored in the header. The bytes are a function of the input alone: tensors and metadata are
+/// laid out in name order (the `safetensors` crate's writer takes the metadata as a `HashMap`,
+/// whose per-process order would make equal checkpoints differ byte-wise and break the
+/// MANIFEST's sha256 as a content identity). Readers use the `safetensors` crate ([`decode`]).
 pub fn encode(tensors: &[NamedTensor], metadata: BTreeMap<String, String>) -> Result<Bytes> {
     let bad = |message: String| Error::Checkpoint {
         url: "model.safetensors".into(),
         message,
     };
-    let raw: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|t| {
-            let expected: usize = t.shape.iter().product();
-            if expected != t.values.len() {
-                return Err(bad(format!(
-                    "tensor `{}` has {} values for shape {:?}",
-                    t.name,
-                    t.values.len(),
-                    t.shape
-                )));
-            }
-            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            Ok((t.name.clone(), bytes, t.shape.clone()))
-        })
-        .collect::<Result<_>>()?;
-    let views = raw
-        .iter()
-        .map(|(name, bytes, shape)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| bad(e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = (!metadata.is_empty()).then(|| metadata.into_iter().collect());
-    safetensors::serialize(views, meta)
-        .map(Bytes::from)
-        .map_err(|e| bad(e.to_string()))
+    let mut sorted: Vec<&NamedTensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = sorted.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(bad(format!("tensor `{}` given twice", w[0].name)));
+    }
+    // The header: a JSON object of `__metadata__` and one entry per tensor (serde_json's map
+    // keeps keys sorted), offsets relative to the data that follows it.
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0usize;
+    for t in &sorted {
+        let expected: usize = t.shape.iter().product();
+        if expected != t.values.len() || t.name == "__metadata__" {
+            return Err(bad(format!(
+                "tensor `{}` has {} values for shape {:?}",
+                t.name,
+                t.values.len(),
+                t.shape
+            )));
+        }
+        let end = offset + 4 * t.values.len();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // Pad the header with spaces to a multiple of 8 bytes, so the data is aligned.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for t in &sorted {
+        for v in &t.values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Decodes f32 safetensors bytes, sorted by name.
@@ -102,8 +118,18 @@ mod tests {
                 values: vec![0.1, 0.2, 0.3, 0.4],
             },
         ];
-        let meta = BTreeMap::from([("format".to_string(), "funnel".to_string())]);
-        let bytes = encode(&tensors, meta).expect("encodes");
+        let meta = BTreeMap::from([
+            ("format".to_string(), "funnel".to_string()),
+            ("layout".to_string(), "0123".to_string()),
+        ]);
+        let bytes = encode(&tensors, meta.clone()).expect("encodes");
+        // The bytes depend on the content only, not on the input order.
+        let reversed: Vec<NamedTensor> = tensors.iter().rev().cloned().collect();
+        assert_eq!(bytes, encode(&reversed, meta.clone()).expect("encodes"));
+        // The safetensors crate reads our header and metadata.
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+        let got = header.metadata().clone().expect("metadata");
+        assert_eq!(got.into_iter().collect::<BTreeMap<_, _>>(), meta);
         let back = decode(&bytes, "t").expect("decodes");
         let mut want = tensors.clone();
         want.sort_by(|a, b| a.name.cmp(&b.name));
