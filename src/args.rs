@@ -37,8 +37,11 @@ pub enum Command {
     /// `data.eval` after each, metrics in `<output>/metrics.jsonl`, a checkpoint per epoch.
     /// Resumes from `<output>/checkpoints/LATEST` when it exists.
     Train(TrainArgs),
+    /// Score Parquet with a checkpoint: every stage's probability (`p_<stage>`, float32, funnel
+    /// order) beside pass-through id columns, one output row per input row, in input order.
+    Predict(PredictArgs),
     /// Run the embedded default end to end on local files: generate data, write its job spec,
-    /// validate it.
+    /// validate it, train it on one worker (checkpoints and metrics.jsonl under `<dir>/output`).
     Demo(DemoArgs),
 }
 
@@ -71,6 +74,35 @@ pub struct TrainArgs {
     /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `funnel predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Checkpoint: a checkpoint directory URL (`<output>/checkpoints/step-000001234`) or a
+    /// training output URL (then the checkpoint its `checkpoints/LATEST` names). Every file is
+    /// verified against the checkpoint's MANIFEST.json.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Data to score: a prefix of Parquet objects or one object, in any store. Only the model's
+    /// feature columns are needed (label columns may be absent and are ignored).
+    #[arg(long)]
+    pub data: String,
+    /// Output URL: a prefix (one Parquet object per input object, at the input's path relative
+    /// to --data), or one object when it ends in `.parquet`.
+    #[arg(long)]
+    pub out: String,
+    /// Columns copied verbatim (same Arrow type, nulls kept) before the probabilities,
+    /// comma-separated; default: the model's categorical feature columns (the ids). `--keep ''`
+    /// copies none.
+    #[arg(long, value_delimiter = ',')]
+    pub keep: Option<Vec<String>>,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: usize,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// `funnel gen-data`.

@@ -8,13 +8,14 @@ mod args;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
-use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, TrainArgs, ValidateArgs};
+use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, PredictArgs, TrainArgs, ValidateArgs};
 use clap::Parser;
 use funnel_common::spec::{Job, synthetic_job_toml};
 use funnel_common::store::StoreUrl;
 use funnel_common::synth::{GenOptions, TruthRates, generate};
 use funnel_common::validate::validate;
 use funnel_worker::local::{LocalOptions, train_local};
+use funnel_worker::predict::{PredictOptions, predict};
 use funnel_worker::threads::init_compute_threads;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Validate(a) => run_validate(a).await,
         Command::GenData(a) => run_gen_data(a).await,
         Command::Train(a) => run_train(a).await,
+        Command::Predict(a) => run_predict(a).await,
         Command::Demo(a) => run_demo(a).await,
     }
 }
@@ -87,13 +89,46 @@ async fn run_train(a: TrainArgs) -> Result<()> {
     .await?;
     match &summary.checkpoint {
         Some(url) => println!(
-            "trained {} epochs ({} steps); last checkpoint {url}",
+            "trained to epoch {} ({} steps); last checkpoint {url}",
             summary.epochs, summary.steps
         ),
         None => println!(
             "nothing to do: the output already holds all {} epochs ({} steps)",
             summary.epochs, summary.steps
         ),
+    }
+    Ok(())
+}
+
+async fn run_predict(a: PredictArgs) -> Result<()> {
+    let opts = PredictOptions {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        out: a.out,
+        keep: a.keep,
+        batch_rows: a.batch_rows,
+    };
+    let threads = a.threads;
+    let s = on_training_thread(move |runtime| {
+        let threads = init_compute_threads(threads);
+        tracing::info!(threads, "compute threads");
+        predict(&opts, &runtime)
+    })
+    .await?;
+    println!(
+        "scored {} rows of {} objects with {} (step {}) in {:.1} s ({:.0} rows/s)",
+        s.rows,
+        s.input_objects,
+        s.checkpoint,
+        s.step,
+        s.seconds,
+        s.rows as f64 / s.seconds.max(1e-9)
+    );
+    let mut columns = s.keep.clone();
+    columns.extend(s.columns.iter().cloned());
+    println!("columns: {}", columns.join(", "));
+    for o in &s.outputs {
+        println!("  wrote {} ({} rows)", o.url, o.rows);
     }
     Ok(())
 }
@@ -166,7 +201,7 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
     let data_url = format!("file://{}", data.display());
     let output_url = format!("file://{}", dir.join("output").display());
     println!(
-        "[1/2] generating {} rows of synthetic funnel logs into {data_url}",
+        "[1/3] generating {} rows of synthetic funnel logs into {data_url}",
         a.rows
     );
     let opts = GenOptions {
@@ -179,12 +214,29 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
     generate(&opts).await?;
     let config = dir.join("job.toml");
     write_config(&config, &data_url, &output_url)?;
-    println!("[2/2] validating {}", config.display());
+    println!("[2/3] validating {}", config.display());
     let job = Job::load(&config)?;
     let report = validate(&job, true).await?;
     print!("{report}");
-    println!("demo ok: data and job spec are in {}", dir.display());
-    println!("(training on this spec arrives with the model and cluster issues; see README)");
+    // The demo starts from scratch: an output left by an earlier demo would be resumed.
+    let output_dir = dir.join("output");
+    if output_dir.exists() {
+        std::fs::remove_dir_all(&output_dir)
+            .with_context(|| format!("cannot clear {}", output_dir.display()))?;
+    }
+    println!("[3/3] training {} on one worker", config.display());
+    run_train(TrainArgs {
+        config: config.clone(),
+        output: None,
+        threads: None,
+        no_progress: false,
+    })
+    .await?;
+    println!(
+        "demo ok: data, job spec, checkpoints and {}/metrics.jsonl are in {}",
+        output_dir.display(),
+        dir.display()
+    );
     Ok(())
 }
 

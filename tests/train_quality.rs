@@ -1,0 +1,142 @@
+//! Training quality against the oracle: on gen-data, whose `truth_p_*` columns hold each row's
+//! true probability, the trained model's eval AUC per target is compared with the oracle AUC
+//! (the truth column's AUC on the same eval rows).
+//!
+//! The issue asks for every target within 0.01 of the oracle at 2M training rows. Measured so
+//! far (docs/training.md): 0.018 to 0.037 short at 0.9M rows after 2-4 epochs, so that goal is
+//! not met. This test runs a smaller size in CI and asserts the bound measured here with margin
+//! (`MAX_GAP`); a broken model (AUC ~0.5) or funnel (children above parents) fails it.
+
+mod support;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int8Type};
+use funnel_common::metrics::auc;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::Path;
+use support::funnel;
+
+/// Largest accepted (oracle AUC - model AUC) per target at this size. Measured (2 threads, seed
+/// 42): click 0.056, favorite 0.062, order 0.029, pay 0.025.
+const MAX_GAP: f64 = 0.08;
+const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
+
+/// Oracle AUC per target over every eval object under `dir`.
+fn oracle_aucs(dir: &Path) -> Vec<f64> {
+    let mut labels = vec![Vec::new(); TARGETS.len()];
+    let mut truth = vec![Vec::new(); TARGETS.len()];
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("eval dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for path in files {
+        let file = std::fs::File::open(&path).expect("open");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            for (k, t) in TARGETS.iter().enumerate() {
+                let l = batch.column_by_name(t).expect("label");
+                let p = batch
+                    .column_by_name(&format!("truth_p_{t}"))
+                    .expect("truth");
+                labels[k].extend(
+                    l.as_primitive::<Int8Type>()
+                        .values()
+                        .iter()
+                        .map(|&v| v as u8),
+                );
+                truth[k].extend_from_slice(p.as_primitive::<Float64Type>().values());
+            }
+        }
+    }
+    (0..TARGETS.len())
+        .map(|k| auc(&truth[k], &labels[k]).expect("oracle auc"))
+        .collect()
+}
+
+#[test]
+fn eval_auc_approaches_the_oracle_on_gen_data() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let spec = dir.path().join("job.toml");
+    // A world small enough to be learnable from 360k rows: 200 users, 500 items.
+    let data_url = format!("file://{}", data.display());
+    funnel(&[
+        "gen-data",
+        "--output",
+        &data_url,
+        "--rows",
+        "400000",
+        "--files",
+        "2",
+        "--row-group-rows",
+        "32768",
+        "--users",
+        "200",
+        "--items",
+        "500",
+        "--categories",
+        "50",
+        "--queries",
+        "200",
+        "--write-config",
+        spec.to_str().expect("utf8"),
+    ])
+    .success();
+    // DeepFM (dot products between fields: the truth's user-item affinity and query-category
+    // match are such products), equal field widths, small towers, 3 epochs.
+    let text = std::fs::read_to_string(&spec).expect("spec");
+    let text = text
+        .replace("kind = \"mlp\"", "kind = \"deepfm\"")
+        .replace("dim = 8", "dim = 16")
+        .replace("dim = 4", "dim = 16")
+        .replace("hidden = [256, 128]", "hidden = [64, 32]")
+        .replace("epochs = 2", "epochs = 3")
+        .replace(
+            "sparse = \"lazy-adam\"",
+            "sparse = \"lazy-adam\"\nsparse_lr = 0.005",
+        );
+    assert!(text.contains("deepfm") && text.contains("sparse_lr") && text.contains("epochs = 3"));
+    std::fs::write(&spec, text).expect("write spec");
+    let out = dir.path().join("out");
+    let run = funnel(&[
+        "train",
+        "--config",
+        spec.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+        "--threads",
+        "2",
+    ])
+    .success();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().last().expect("a line")).expect("json");
+    let oracle = oracle_aucs(&data.join("eval"));
+    let mut report = String::new();
+    for (k, t) in TARGETS.iter().enumerate() {
+        let got = last["eval"]["metrics"]["targets"][k]["auc"]
+            .as_f64()
+            .expect("auc");
+        report.push_str(&format!(
+            "{t}: model {got:.4}, oracle {:.4}, gap {:.4}\n",
+            oracle[k],
+            oracle[k] - got
+        ));
+    }
+    eprintln!("{report}");
+    for (k, t) in TARGETS.iter().enumerate() {
+        let got = last["eval"]["metrics"]["targets"][k]["auc"]
+            .as_f64()
+            .expect("auc");
+        assert!(
+            oracle[k] - got <= MAX_GAP,
+            "{t} is more than {MAX_GAP} below the oracle:\n{report}\n{}",
+            run.stdout
+        );
+    }
+}
