@@ -146,6 +146,16 @@ impl DecodePlan {
         }
     }
 
+    /// The plan of `funnel predict`: the job's features only. Label columns are neither read nor
+    /// required, so no label policy applies and [`crate::decode::decode`] keeps every row, in
+    /// order: each input row yields one prediction.
+    pub fn for_prediction(job: &Job) -> Self {
+        Self {
+            labels: Vec::new(),
+            ..Self::new(job)
+        }
+    }
+
     /// Every column the job reads, each once, with the spec key that names it.
     pub fn columns(&self) -> Vec<(String, String, ColumnRole)> {
         let mut out: Vec<(String, String, ColumnRole)> = Vec::new();
@@ -256,4 +266,57 @@ fn is_hashable(t: &DataType) -> bool {
 
 fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::Field;
+
+    fn job() -> Job {
+        Job::parse(
+            r#"
+version = 1
+[data]
+train = "memory://t/x"
+[[features.categorical]]
+column = "user"
+buckets = 10
+dim = 2
+[[features.numeric]]
+column = "price"
+[funnel]
+preset = "esmm"
+"#,
+            "t",
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn prediction_plan_reads_features_only() {
+        let plan = DecodePlan::for_prediction(&job());
+        assert!(plan.labels.is_empty());
+        let names: Vec<String> = plan.columns().into_iter().map(|(c, _, _)| c).collect();
+        assert_eq!(names, ["user", "price"]);
+        // No label columns needed...
+        let features = Schema::new(vec![
+            Field::new("user", DataType::Int64, true),
+            Field::new("price", DataType::Float32, true),
+        ]);
+        assert!(plan.check_schema("o", &features).is_empty());
+        assert_eq!(
+            DecodePlan::new(&job()).check_schema("o", &features).len(),
+            2
+        );
+        // ...but a missing feature is named, with its key.
+        let missing = Schema::new(vec![Field::new("user", DataType::Int64, true)]);
+        let problems = plan.check_schema("o", &missing);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0.column.as_deref(), Some("price"));
+        assert_eq!(
+            problems[0].0.key.as_deref(),
+            Some("features.numeric[0].column")
+        );
+    }
 }

@@ -6,6 +6,7 @@ use crate::columns::DecodePlan;
 use crate::decode::{ChunkOrigin, DecodeStats, decode};
 use crate::error::{DataLocation, Error, Result};
 use crate::manifest::{DatasetManifest, Shard};
+use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
@@ -78,13 +79,111 @@ impl ShardReader {
     /// Fetches and decodes one row group.
     pub async fn read_row_group(&self, object: usize, row_group: usize) -> Result<DecodedRowGroup> {
         let entry = &self.manifest.objects[object];
-        let at = DataLocation {
-            object: entry.url.clone(),
-            row_group: Some(row_group),
-            ..Default::default()
-        };
         let meta = entry.metadata.clone();
         let roots = projected_roots(&meta, &self.plan);
+        let chunk = self.fetch_roots(object, row_group, &roots).await?;
+        let plan = self.plan.clone();
+        let url = entry.url.clone();
+        let batch_rows = self.read_batch_rows;
+        let (batch, stats) = self
+            .on_decode_pool(object, row_group, move || {
+                decode_row_group(
+                    &chunk, meta, &roots, &plan, &url, object, row_group, batch_rows,
+                )
+            })
+            .await?;
+        Ok(DecodedRowGroup {
+            object,
+            row_group,
+            batch,
+            stats,
+        })
+    }
+
+    /// The columns `columns` of one row group as stored, in that order: the file's Arrow types,
+    /// no hashing, no transforms, nulls kept (what `funnel predict` passes through beside its
+    /// scores). Pieces of at most `read_batch_rows` rows, in row order; decoded on the pool.
+    pub async fn read_raw_columns(
+        &self,
+        object: usize,
+        row_group: usize,
+        columns: &[String],
+    ) -> Result<Vec<RecordBatch>> {
+        let entry = &self.manifest.objects[object];
+        let meta = entry.metadata.clone();
+        let fields = meta.parquet_schema().root_schema().get_fields();
+        let mut roots = Vec::with_capacity(columns.len());
+        for c in columns {
+            match fields.iter().position(|f| f.name() == c) {
+                Some(root) => roots.push(root),
+                None => {
+                    return Err(Error::Parquet {
+                        location: Box::new(DataLocation {
+                            object: entry.url.clone(),
+                            row_group: Some(row_group),
+                            column: Some(c.clone()),
+                            ..Default::default()
+                        }),
+                        message: "column is missing".into(),
+                    });
+                }
+            }
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        let chunk = self.fetch_roots(object, row_group, &roots).await?;
+        let url = entry.url.clone();
+        let columns = columns.to_vec();
+        let batch_rows = self.read_batch_rows;
+        self.on_decode_pool(object, row_group, move || {
+            let fail = |e: ParquetError, column: Option<String>| Error::Parquet {
+                location: Box::new(DataLocation {
+                    object: url.clone(),
+                    row_group: Some(row_group),
+                    column,
+                    ..Default::default()
+                }),
+                message: format!("cannot decode: {e}"),
+            };
+            let reader = |cols: &[usize]| {
+                let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
+                ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![row_group])
+                    .with_batch_size(batch_rows)
+                    .build()
+            };
+            let mut out = Vec::new();
+            for rb in reader(&roots).map_err(|e| fail(e, None))? {
+                let rb = match rb {
+                    Ok(rb) => rb,
+                    Err(e) => {
+                        let guilty = guilty_column(&reader, &roots, &meta);
+                        return Err(fail(e.into(), guilty));
+                    }
+                };
+                let order = columns
+                    .iter()
+                    .map(|c| rb.schema().index_of(c))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .and_then(|order| rb.project(&order))
+                    .map_err(|e| fail(e.into(), None))?;
+                out.push(order);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Ranged GETs of the column chunks of `roots` in one row group.
+    async fn fetch_roots(
+        &self,
+        object: usize,
+        row_group: usize,
+        roots: &[usize],
+    ) -> Result<FetchedRanges> {
+        let entry = &self.manifest.objects[object];
+        let meta = &entry.metadata;
         let rg_meta = meta.metadata().row_group(row_group);
         let schema = meta.parquet_schema();
         let mut ranges: Vec<Range<u64>> = (0..schema.num_columns())
@@ -102,29 +201,34 @@ impl ShardReader {
             .get_ranges(&entry.path, &ranges)
             .await
             .map_err(|e| self.manifest.store.error("read", &entry.path, e))?;
-        let chunk = FetchedRanges {
+        Ok(FetchedRanges {
             len: entry.size,
             parts: ranges.iter().map(|r| r.start).zip(parts).collect(),
-        };
+        })
+    }
 
+    /// Runs `work` on a blocking thread once a decode-pool permit is free. The Parquet decoder
+    /// may panic on some corrupt pages; a corrupt object is bad input, not a bug, so a panic
+    /// becomes an error naming the object and row group.
+    async fn on_decode_pool<T: Send + 'static>(
+        &self,
+        object: usize,
+        row_group: usize,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let at = DataLocation {
+            object: self.manifest.objects[object].url.clone(),
+            row_group: Some(row_group),
+            ..Default::default()
+        };
         let _permit = self
             .decode_pool
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| Error::Task(e.to_string()))?;
-        let plan = self.plan.clone();
-        let url = entry.url.clone();
-        let batch_rows = self.read_batch_rows;
-        let (batch, stats) = tokio::task::spawn_blocking(move || {
-            // The Parquet decoder may panic on some corrupt pages; a corrupt object is bad input,
-            // not a bug, so it becomes an error naming the object and row group.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode_row_group(
-                    &chunk, meta, &roots, &plan, &url, object, row_group, batch_rows,
-                )
-            }))
-            .unwrap_or_else(|panic| {
+        tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
                 let why = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
@@ -137,13 +241,7 @@ impl ShardReader {
             })
         })
         .await
-        .map_err(|e| Error::Task(format!("decode task: {e}")))??;
-        Ok(DecodedRowGroup {
-            object,
-            row_group,
-            batch,
-            stats,
-        })
+        .map_err(|e| Error::Task(format!("decode task: {e}")))?
     }
 }
 
@@ -316,5 +414,102 @@ impl ChunkReader for FetchedRanges {
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         self.part(start, length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Job;
+    use crate::store::StoreUrl;
+    use arrow_array::{Array, ArrayRef, Int64Array, StringArray};
+    use object_store::ObjectStoreExt;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    #[tokio::test]
+    async fn raw_columns_keep_types_nulls_order_and_name_a_missing_column() {
+        let users = Int64Array::from(vec![Some(7), None, Some(-3), Some(9), Some(1)]);
+        let queries = StringArray::from(vec![Some("a"), Some("b"), None, Some("d"), Some("e")]);
+        let rb = RecordBatch::try_from_iter([
+            ("user", Arc::new(users.clone()) as ArrayRef),
+            ("query", Arc::new(queries.clone()) as ArrayRef),
+        ])
+        .expect("batch");
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(3))
+            .build();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, rb.schema(), Some(props)).expect("writer");
+        w.write(&rb).expect("write");
+        w.close().expect("close");
+        let url = "memory://raw-columns/data/";
+        let store = StoreUrl::open(url, "test").expect("store");
+        store
+            .store
+            .put(&store.child("a.parquet"), Bytes::from(buf).into())
+            .await
+            .expect("put");
+        let job = Job::parse(
+            &format!(
+                "version = 1\n[data]\ntrain = \"{url}\"\n[[features.categorical]]\n\
+                 column = \"user\"\nbuckets = 10\ndim = 2\n[funnel]\npreset = \"esmm\"\n"
+            ),
+            "t",
+        )
+        .expect("job");
+        let manifest = Arc::new(DatasetManifest::build(url, "t", 2).await.expect("manifest"));
+        let plan = Arc::new(DecodePlan::for_prediction(&job));
+        let reader = ShardReader::new(manifest, plan, 1, 2);
+        let cols = ["query".to_string(), "user".to_string()];
+        let mut got: Vec<RecordBatch> = Vec::new();
+        for rg in 0..2 {
+            got.extend(reader.read_raw_columns(0, rg, &cols).await.expect("reads"));
+        }
+        // Pieces of at most read_batch_rows = 2 rows, columns in the order asked for.
+        assert_eq!(
+            got.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
+            [2, 1, 2]
+        );
+        let schema = got[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["query", "user"]);
+        let query: Vec<Option<String>> = got
+            .iter()
+            .flat_map(|b| {
+                let a = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("utf8");
+                a.iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<Option<String>> = queries.iter().map(|v| v.map(str::to_string)).collect();
+        assert_eq!(query, want);
+        let user: Vec<Option<i64>> = got
+            .iter()
+            .flat_map(|b| {
+                let a = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("int64");
+                a.iter().collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(user, users.iter().collect::<Vec<_>>());
+        let err = reader
+            .read_raw_columns(0, 1, &["nope".to_string()])
+            .await
+            .expect_err("missing column")
+            .to_string();
+        for want in [
+            "memory://raw-columns/data/a.parquet",
+            "row group 1",
+            "`nope`",
+        ] {
+            assert!(err.contains(want), "{want} missing from: {err}");
+        }
     }
 }

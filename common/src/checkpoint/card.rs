@@ -26,6 +26,9 @@ pub struct ModelCard {
     pub layout_hash: String,
     /// The feature hash (docs/hashing.md).
     pub hash: HashCard,
+    /// How raw column values become the tower input.
+    #[serde(default)]
+    pub encoding: EncodingCard,
     /// Embedding tables: tensor `embeddings.<name>`, `[buckets, dim]`.
     pub tables: Vec<TableCard>,
     /// The tower input, in order: each feature's slice `[offset, offset + width)`.
@@ -52,6 +55,44 @@ pub struct HashCard {
     pub value_bytes: String,
     /// How a hash becomes a bucket.
     pub bucket: String,
+}
+
+/// How each kind of input is encoded, spelled out (with [`HashCard`], what a consumer needs to
+/// turn raw columns into the tower input `x`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodingCard {
+    /// How `x` is assembled from the `input` entries.
+    pub input: String,
+    /// A `categorical` input.
+    pub categorical: String,
+    /// A `list` input.
+    pub list: String,
+    /// A `numeric` input.
+    pub numeric: String,
+}
+
+impl Default for EncodingCard {
+    fn default() -> Self {
+        Self {
+            input: "x = float32 row of width input_dim; each `input` entry fills \
+                    x[offset .. offset + width]"
+                .into(),
+            categorical: "the row bucket(value) of the entry's table tensor; a null value has \
+                          its own bucket (the hash of the byte 0xff)"
+                .into(),
+            list: "the mean of the table rows of the list's ids: null elements are skipped, then \
+                   the first max_len elements are kept (a repeated id counts each time); a null \
+                   or empty list gives zeros. With `separator`, the value is a string split on \
+                   it, empty pieces skipped, pieces hashed as strings"
+                .into(),
+            numeric: "x = the value as float64 (booleans 0 or 1); a null or non-finite value \
+                      (NaN, +-inf) gives fill_null as is; otherwise transform in float64, then \
+                      round to float32: none = x, log1p = sign(x) ln(1 + |x|), standardize = \
+                      (x - mean) / std"
+                .into(),
+        }
+    }
 }
 
 /// One embedding table.
@@ -230,11 +271,14 @@ impl ModelCard {
             hash: HashCard {
                 algorithm: "xxh64".into(),
                 table_seed: "xxh64(utf8(table name), seed = 0)".into(),
-                value_bytes: "integers: 8-byte little-endian two's complement; strings: UTF-8; \
-                              null: the single byte 0xff"
+                value_bytes: "integers of any width: 8-byte little-endian two's complement \
+                              (unsigned 64-bit values keep their bit pattern); strings \
+                              (dictionary-encoded or not, and the pieces of delimited lists): \
+                              their UTF-8 bytes; null: the single byte 0xff"
                     .into(),
                 bucket: "xxh64(value bytes, seed = table seed) mod buckets".into(),
             },
+            encoding: EncodingCard::default(),
             tables,
             input,
             input_dim: model.dims().input(),
@@ -262,7 +306,8 @@ fn forward_text(kind: TowerKind) -> String {
         ),
         TowerKind::Deepfm => format!(
             "{mlp}; logit += x @ first_order.weight^T + first_order.bias + \
-             0.5 * sum_k[(sum_f v_fk)^2 - sum_f v_fk^2] over the embedding fields v (all of one width)"
+             0.5 * sum_k[(sum_f v_fk)^2 - sum_f v_fk^2], where v_f (f = 1..F, all of one width \
+             k) are the slices of x of the categorical and list inputs"
         ),
     };
     format!("{s}; t = sigmoid(logit); linear weights are [out, in]")

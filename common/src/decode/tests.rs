@@ -264,3 +264,27 @@ fn counts_do_not_depend_on_the_policy() {
         [1, 0, 1, 1]
     );
 }
+
+#[test]
+fn prediction_plan_keeps_every_row_without_label_columns() {
+    // Labels that `fail` would refuse, then no label columns at all: prediction reads neither.
+    let rb = record_batch(&INCONSISTENT);
+    let features: Vec<usize> = ["user", "query", "shop", "hist", "price"]
+        .iter()
+        .map(|c| rb.schema().index_of(c).expect("column"))
+        .collect();
+    let rb = rb.project(&features).expect("projects");
+    let plan = DecodePlan::for_prediction(&job("fail", "fail"));
+    let (b, stats) = decode(&plan, &rb, &ORIGIN).expect("decodes");
+    assert_eq!(b.rows, 4);
+    assert!(b.labels.is_empty());
+    let rows: Vec<u32> = b.origins.iter().map(|o| o.row).collect();
+    assert_eq!(rows, [100, 101, 102, 103], "every row, in order");
+    assert_eq!(stats.rows_kept, stats.rows_read);
+    // The features decode exactly as in training.
+    let (full, _) = run("drop", "fail", &CONSISTENT).expect("decodes");
+    let (pred, _) = decode(&plan, &record_batch(&CONSISTENT), &ORIGIN).expect("decodes");
+    assert_eq!(pred.categorical, full.categorical);
+    assert_eq!(pred.lists, full.lists);
+    assert_eq!(pred.numeric, full.numeric);
+}
