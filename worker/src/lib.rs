@@ -8,10 +8,12 @@
 //!   trainer.json) and exact restore.
 //! - [`evaluate`]: exact funnel metrics over an eval split.
 //! - [`local`]: `funnel train` on one worker: epochs, eval, metrics.jsonl, checkpoints, resume.
+//! - [`predict`]: `funnel predict`: a checkpoint's probabilities for every row of a dataset.
 //! - [`threads`]: sizing the compute pool.
 
 pub mod evaluate;
 pub mod local;
+pub mod predict;
 pub mod state;
 pub mod threads;
 pub mod trainer;

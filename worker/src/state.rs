@@ -164,52 +164,15 @@ impl Trainer {
                 state.format
             )));
         }
-        let mut model = FunnelModel::new(&job, InputDims::from_job(&job), job.spec.train.seed)
-            .map_err(|e| WorkerError::Data(e.into()))?;
+        let (mut model, set) = restore_model(&job, ckpt)?;
         let hash = format!("{:016x}", model.layout_hash());
         if state.layout_hash != hash {
             return Err(bad(format!(
-                "its model layout {} differs from this job's {hash}: the towers, features or \
-                 funnel changed since it was written",
+                "{TRAINER}: its model layout {} differs from this job's {hash}: the towers, \
+                 features or funnel changed since it was written",
                 state.layout_hash
             )));
         }
-        let mut tensors: BTreeMap<String, NamedTensor> =
-            decode(ckpt.file(MODEL)?, &format!("{}/{MODEL}", ckpt.url))?
-                .into_iter()
-                .map(|t| (t.name.clone(), t))
-                .collect();
-        let mut flat = Vec::with_capacity(model.layout().len());
-        for p in model.layout().params() {
-            let t = tensors
-                .remove(&p.name)
-                .ok_or_else(|| bad(format!("{MODEL} has no tensor `{}`", p.name)))?;
-            if t.shape != p.shape {
-                return Err(bad(format!(
-                    "{MODEL}: `{}` has shape {:?}, the model needs {:?}",
-                    p.name, t.shape, p.shape
-                )));
-            }
-            flat.extend_from_slice(&t.values);
-        }
-        model
-            .load_params(&flat)
-            .map_err(|e| WorkerError::Data(e.into()))?;
-        let mut tables = Vec::new();
-        for (name, t) in tensors {
-            let Some(table) = name.strip_prefix("embeddings.") else {
-                return Err(bad(format!("{MODEL} has an unexpected tensor `{name}`")));
-            };
-            let [rows, dim] = t.shape[..] else {
-                return Err(bad(format!("{MODEL}: `{name}` is not 2-D")));
-            };
-            tables.push(
-                EmbeddingTable::from_data(table, rows, dim, t.values)
-                    .map_err(|e| bad(e.to_string()))?,
-            );
-        }
-        let set = EmbeddingSet::from_tables(&job.spec.features, tables)
-            .map_err(|e| bad(format!("{MODEL}: {e}")))?;
 
         let opt_bytes = ckpt.file(OPTIMIZER)?;
         let meta = read_optimizer_meta(opt_bytes).map_err(|m| bad(format!("{OPTIMIZER}: {m}")))?;
@@ -280,6 +243,76 @@ impl Trainer {
         trainer.weights = weights;
         Ok((trainer, state))
     }
+}
+
+/// The towers and embedding tables saved in `ckpt`'s model.safetensors, for `job` (which must
+/// have the checkpoint's layout and tables): what prediction needs. Neither the optimizer state
+/// nor trainer.json is read.
+pub fn restore_model(
+    job: &Job,
+    ckpt: &Checkpoint,
+) -> Result<(FunnelModel, EmbeddingSet), WorkerError> {
+    let bad = |message: String| {
+        WorkerError::Data(funnel_common::Error::Checkpoint {
+            url: ckpt.url.clone(),
+            message,
+        })
+    };
+    let mut model = FunnelModel::new(job, InputDims::from_job(job), job.spec.train.seed)
+        .map_err(|e| WorkerError::Data(e.into()))?;
+    let bytes = ckpt.file(MODEL)?;
+    let hash = format!("{:016x}", model.layout_hash());
+    // The layout hash in the header (always written) gives the clearest message for a job that
+    // changed; without it, the tensor names and shapes below still have to match.
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("{MODEL} is not safetensors: {e}")))?;
+    let stored = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("layout_hash"));
+    if let Some(stored) = stored.filter(|s| **s != hash) {
+        return Err(bad(format!(
+            "its model layout {stored} differs from this job's {hash}: the towers, features \
+             or funnel changed since it was written"
+        )));
+    }
+    let mut tensors: BTreeMap<String, NamedTensor> =
+        decode(bytes, &format!("{}/{MODEL}", ckpt.url))?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+    let mut flat = Vec::with_capacity(model.layout().len());
+    for p in model.layout().params() {
+        let t = tensors
+            .remove(&p.name)
+            .ok_or_else(|| bad(format!("{MODEL} has no tensor `{}`", p.name)))?;
+        if t.shape != p.shape {
+            return Err(bad(format!(
+                "{MODEL}: `{}` has shape {:?}, the model needs {:?}",
+                p.name, t.shape, p.shape
+            )));
+        }
+        flat.extend_from_slice(&t.values);
+    }
+    model
+        .load_params(&flat)
+        .map_err(|e| WorkerError::Data(e.into()))?;
+    let mut tables = Vec::new();
+    for (name, t) in tensors {
+        let Some(table) = name.strip_prefix("embeddings.") else {
+            return Err(bad(format!("{MODEL} has an unexpected tensor `{name}`")));
+        };
+        let [rows, dim] = t.shape[..] else {
+            return Err(bad(format!("{MODEL}: `{name}` is not 2-D")));
+        };
+        tables.push(
+            EmbeddingTable::from_data(table, rows, dim, t.values)
+                .map_err(|e| bad(e.to_string()))?,
+        );
+    }
+    let set = EmbeddingSet::from_tables(&job.spec.features, tables)
+        .map_err(|e| bad(format!("{MODEL}: {e}")))?;
+    Ok((model, set))
 }
 
 fn read_optimizer_meta(bytes: &[u8]) -> Result<OptimizerMeta, String> {
