@@ -97,6 +97,8 @@ impl ComputeBackend {
         }
     }
 
+    // Unused only in a build with every backend.
+    #[cfg_attr(all(feature = "tch", feature = "cuda"), allow(dead_code))]
     fn not_compiled(self) -> ModelError {
         ModelError::Backend {
             backend: self.name(),
