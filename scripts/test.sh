@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with all set-up, on a fresh machine: Python test packages, the real S3
-# server (Ceph radosgw, scripts/s3-server.sh), the Rust tests with S3 required, the Python tests.
+# server (Ceph radosgw, scripts/s3-server.sh), the Rust tests with S3 required, the Python tests,
+# then libtorch from PyPI (scripts/libtorch.sh) and the model tests again on the tch backend.
 # This is the README's test command; .ci/run runs exactly this after fmt and clippy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,13 @@ cargo test --workspace --locked
 
 stage "python tests"
 FUNNEL_BIN="$PWD/target/debug/funnel" python3 -m pytest -q tests/python
+
+stage "libtorch 2.9.0 from PyPI (scripts/libtorch.sh)"
+# shellcheck source=scripts/libtorch.sh
+source scripts/libtorch.sh
+
+stage "cargo test: model tests on LibTorch (--features tch, FUNNEL_TEST_BACKEND=tch)"
+# The same model suite as above, every model built on the tch backend (docs/backends.md).
+FUNNEL_TEST_BACKEND=tch cargo test -p funnel-common --features tch --locked --lib model::
 
 stage "done"

@@ -6,6 +6,8 @@
 //!     -p funnel-common --lib model::bench -- --ignored --nocapture
 //! ```
 //! flex runs matmuls and reductions on the global rayon pool, so the variable pins one thread.
+//! `FUNNEL_TEST_BACKEND=tch` (with `--features tch`) measures LibTorch instead; it runs on its
+//! own OpenMP threads (`OMP_NUM_THREADS`).
 //! The `--config` optimises this crate (the dev profile already optimises dependencies, where
 //! the matmuls run); without it the flat Adam loop alone takes ~10 ms instead of ~0.4 ms.
 
@@ -34,7 +36,8 @@ hidden = [256, 128]
         fields: vec![16; 20],
         numeric: 8,
     };
-    let mut m = FunnelModel::new(&job, dims.clone(), 1).expect("model");
+    let mut m = FunnelModel::with_backend(&job, dims.clone(), 1, super::device::test_backend())
+        .expect("model");
     let rows = 1024;
     let mut rng = SplitMix64::new(3);
     let mut normal = |n: usize| {
@@ -75,10 +78,11 @@ hidden = [256, 128]
     println!(
         "params {} | train_step median {step_med:.1} ms (min {step_min:.1}) | \
          adam update median {upd_med:.2} ms (min {upd_min:.2}) | forward {fwd_ms:.1} ms | \
-         {:.0} rows/s (step + update) | rayon threads {}",
+         {:.0} rows/s (step + update) | rayon threads {} | backend {}",
         m.layout().len(),
         rows as f64 / ((step_med + upd_med) / 1e3),
         rayon_threads(),
+        m.backend(),
     );
 }
 

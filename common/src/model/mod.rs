@@ -2,7 +2,8 @@
 //! of DESIGN §3, and the flat dense-parameter buffer that workers all-reduce (DESIGN §5).
 //!
 //! burn 0.22 picks the backend at run time from the [`Device`]: training runs on
-//! `Device::flex().autodiff()`, prediction on `Device::flex()`. Embedding tables are not here:
+//! `Device::flex().autodiff()`, prediction on `Device::flex()`, unless another
+//! [`ComputeBackend`] is asked for ([`device`]: LibTorch, CUDA). Embedding tables are not here:
 //! the caller gathers rows on the host and passes them as a plain `[rows, emb_dim]` slice, which
 //! becomes a `require_grad` leaf; its gradient comes back for the row-sparse update.
 //! flex runs its matmuls and reductions on the current rayon pool: the caller sizes it.
@@ -11,6 +12,7 @@
 //! - [`optim`]: Adam / Adagrad / SGD on the flat buffer.
 //! - `tower`: MLP, DCN-v2 and DeepFM towers; `funnel`: stage log-probabilities and BCE.
 
+pub mod device;
 mod funnel;
 pub mod optim;
 pub mod params;
@@ -24,6 +26,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
+pub use device::ComputeBackend;
 pub use optim::DenseOptim;
 pub use params::{ParamLayout, ParamSpec};
 pub use step::StepOutput;
@@ -60,6 +63,19 @@ pub enum ModelError {
     /// The configuration cannot be built.
     #[error("model configuration: {0}")]
     Config(String),
+    /// The backend asked for is not compiled into this build.
+    #[error(
+        "compute backend {backend} is not compiled in: rebuild with `--features {feature}` \
+         (compiled: {compiled})"
+    )]
+    Backend {
+        /// The backend asked for.
+        backend: &'static str,
+        /// The cargo feature that compiles it in.
+        feature: &'static str,
+        /// The backends this build has.
+        compiled: String,
+    },
     /// burn could not read a tensor back.
     #[error("reading a tensor back from burn: {0}")]
     Read(String),
@@ -122,13 +138,26 @@ pub struct FunnelModel {
     seed: u64,
     /// Training steps run, for the dropout stream.
     steps: u64,
+    backend: ComputeBackend,
     train_device: Device,
     eval_device: Device,
 }
 
 impl FunnelModel {
-    /// Builds the towers for `job`'s funnel over `dims` and initialises them from `seed`.
+    /// Builds the towers for `job`'s funnel over `dims` and initialises them from `seed`, on
+    /// the default backend (flex).
     pub fn new(job: &Job, dims: InputDims, seed: u64) -> Result<Self> {
+        Self::with_backend(job, dims, seed, ComputeBackend::Flex)
+    }
+
+    /// [`Self::new`] on `backend`; [`ModelError::Backend`] if it is not compiled in.
+    pub fn with_backend(
+        job: &Job,
+        dims: InputDims,
+        seed: u64,
+        backend: ComputeBackend,
+    ) -> Result<Self> {
+        let (train_device, eval_device) = backend.devices()?;
         let spec = job.spec.towers.clone();
         if dims.input() == 0 {
             return Err(ModelError::Config("the model has no input features".into()));
@@ -189,9 +218,15 @@ impl FunnelModel {
             optim,
             seed,
             steps: 0,
-            train_device: Device::flex().autodiff(),
-            eval_device: Device::flex(),
+            backend,
+            train_device,
+            eval_device,
         })
+    }
+
+    /// The backend the model computes on.
+    pub fn backend(&self) -> ComputeBackend {
+        self.backend
     }
 
     /// The input widths.

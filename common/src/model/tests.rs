@@ -1,10 +1,17 @@
 //! Model tests against the f64 reference (issue 3, point 3) and the DESIGN §3 formulas.
 
+use super::device::test_backend;
 use super::funnel::{stage_log_probs, stage_nodes};
 use super::reference as r;
 use super::*;
 use crate::rng::SplitMix64;
 use burn::tensor::{Tensor, TensorData};
+
+/// Every model here is built on the backend `FUNNEL_TEST_BACKEND` names (default flex), so this
+/// one suite checks each backend against the same f64 reference and tolerances.
+fn new_model(job: &Job, dims: InputDims, seed: u64) -> Result<FunnelModel> {
+    FunnelModel::with_backend(job, dims, seed, test_backend())
+}
 
 fn job(preset: &str, kind: &str, extra: &str) -> Job {
     let text = format!(
@@ -103,7 +110,7 @@ fn losses_and_gradients_match_the_f64_reference() {
     for preset in PRESETS {
         for kind in ["mlp", "dcn-v2", "deepfm"] {
             let what = format!("{preset}/{kind}");
-            let mut m = FunnelModel::new(&job(preset, kind, ""), dims(), 11).expect("model");
+            let mut m = new_model(&job(preset, kind, ""), dims(), 11).expect("model");
             let d = data(&m, 6, 5);
             let weights: Vec<f32> = (0..m.targets.len()).map(|k| 1.0 + k as f32 * 0.5).collect();
             let out = m
@@ -167,7 +174,7 @@ fn funnel_is_finite_and_precise_at_extreme_probabilities() {
             code /= values.len();
         }
     }
-    let device = Device::flex().autodiff();
+    let (device, _) = test_backend().devices().expect("backend");
     let leaf = Tensor::<2>::from_data(TensorData::new(logits.clone(), [rows, towers]), &device)
         .require_grad();
     let cols: Vec<Tensor<2>> = (0..towers).map(|t| leaf.clone().narrow(1, t, 1)).collect();
@@ -221,7 +228,7 @@ fn funnel_is_finite_and_precise_at_extreme_probabilities() {
 
 #[test]
 fn esmm_pctcvr_is_pctr_times_pcvr() {
-    let m = FunnelModel::new(&job("esmm", "mlp", ""), dims(), 3).expect("model");
+    let m = new_model(&job("esmm", "mlp", ""), dims(), 3).expect("model");
     assert_eq!(m.tower_names(), ["click", "purchase"]);
     let d = data(&m, 8, 2);
     let logits = m.tower_logits(&d.emb, &d.numeric).expect("logits");
@@ -237,7 +244,7 @@ fn esmm_pctcvr_is_pctr_times_pcvr() {
 #[test]
 fn esm2_and_click_fav_order_pay_follow_design_formulas() {
     let sig = |x: f32| 1.0 / (1.0 + (-f64::from(x)).exp());
-    let m = FunnelModel::new(&job("esm2", "mlp", ""), dims(), 4).expect("model");
+    let m = new_model(&job("esm2", "mlp", ""), dims(), 4).expect("model");
     assert_eq!(
         m.tower_names(),
         ["click", "action", "purchase|action", "purchase|~action"]
@@ -251,7 +258,7 @@ fn esm2_and_click_fav_order_pay_follow_design_formulas() {
         let got: Vec<f32> = p.iter().map(|s| s[row]).collect();
         assert_close("esm2", &got, &[t[0], t[0] * t[1], purchase], 1e-7);
     }
-    let m = FunnelModel::new(&job("click-fav-order-pay", "mlp", ""), dims(), 4).expect("model");
+    let m = new_model(&job("click-fav-order-pay", "mlp", ""), dims(), 4).expect("model");
     assert_eq!(
         m.tower_names(),
         [
@@ -291,7 +298,7 @@ fn train(m: &mut FunnelModel, d: &Data, steps: usize) -> Vec<StepOutput> {
 fn a_few_sgd_and_adam_steps_reduce_the_loss() {
     for (opt, lr) in [("sgd", 0.5), ("adam", 0.01)] {
         let extra = format!("[optimizer]\ndense = \"{opt}\"\nlr = {lr}");
-        let mut m = FunnelModel::new(&job("esm2", "mlp", &extra), dims(), 9).expect("model");
+        let mut m = new_model(&job("esm2", "mlp", &extra), dims(), 9).expect("model");
         let d = data(&m, 32, 8);
         let losses: Vec<f32> = train(&mut m, &d, 20).iter().map(|o| o.loss).collect();
         assert!(
@@ -305,7 +312,7 @@ fn a_few_sgd_and_adam_steps_reduce_the_loss() {
 #[test]
 fn init_and_training_are_deterministic_per_seed() {
     let j = job("click-fav-order-pay", "dcn-v2", "dropout = 0.25");
-    let mk = |seed| FunnelModel::new(&j, dims(), seed).expect("model");
+    let mk = |seed| new_model(&j, dims(), seed).expect("model");
     let (mut a, mut b, c) = (mk(1), mk(1), mk(2));
     assert_eq!(a.params(), b.params());
     assert_ne!(a.params(), c.params());
@@ -321,7 +328,7 @@ fn init_and_training_are_deterministic_per_seed() {
 
 #[test]
 fn layout_names_are_readable_and_hash_is_pinned() {
-    let m = FunnelModel::new(&job("esm2", "mlp", ""), dims(), 1).expect("model");
+    let m = new_model(&job("esm2", "mlp", ""), dims(), 1).expect("model");
     let names: Vec<(&str, &[usize])> = m.named_params().map(|(n, s, _)| (n, s)).take(6).collect();
     let want: [(&str, &[usize]); 6] = [
         ("towers.click.layers.0.weight", &[5, 8]),
@@ -343,7 +350,7 @@ const PINNED_ESM2_HASH: u64 = 0x1a16_d693_220c_2c21;
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let mut m = FunnelModel::new(&job("esmm", "mlp", ""), dims(), 1).expect("model");
+    let mut m = new_model(&job("esmm", "mlp", ""), dims(), 1).expect("model");
     let d = data(&m, 4, 1);
     let w = [1.0, 1.0];
     assert!(m.forward(&d.emb[1..], &d.numeric).is_err());
@@ -362,7 +369,7 @@ fn bad_inputs_are_errors_not_panics() {
         })
     ));
     assert!(m.apply_dense_update(&[0.0; 3]).is_err());
-    let deepfm = FunnelModel::new(
+    let deepfm = new_model(
         &job("esmm", "deepfm", ""),
         InputDims {
             fields: vec![3, 2],
