@@ -33,6 +33,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Write synthetic search logs with a known ground-truth funnel to any object store.
     GenData(GenDataArgs),
+    /// Train a job on this machine (one worker): epochs over `data.train`, evaluation on
+    /// `data.eval` after each, metrics in `<output>/metrics.jsonl`, a checkpoint per epoch.
+    /// Resumes from `<output>/checkpoints/LATEST` when it exists.
+    Train(TrainArgs),
     /// Run the embedded default end to end on local files: generate data, write its job spec,
     /// validate it.
     Demo(DemoArgs),
@@ -50,6 +54,23 @@ pub struct ValidateArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `funnel train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Job spec (TOML).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Output URL (checkpoints, metrics.jsonl); overrides the spec's `output`.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    /// Compute threads; overrides `train.threads` (0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `funnel gen-data`.

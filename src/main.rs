@@ -8,13 +8,16 @@ mod args;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
-use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, ValidateArgs};
+use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, TrainArgs, ValidateArgs};
 use clap::Parser;
 use funnel_common::spec::{Job, synthetic_job_toml};
 use funnel_common::store::StoreUrl;
 use funnel_common::synth::{GenOptions, TruthRates, generate};
 use funnel_common::validate::validate;
+use funnel_worker::local::{LocalOptions, train_local};
+use funnel_worker::threads::init_compute_threads;
 use std::path::Path;
+use std::sync::Arc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -42,6 +45,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Validate(a) => run_validate(a).await,
         Command::GenData(a) => run_gen_data(a).await,
+        Command::Train(a) => run_train(a).await,
         Command::Demo(a) => run_demo(a).await,
     }
 }
@@ -56,6 +60,59 @@ async fn run_validate(a: ValidateArgs) -> Result<()> {
         println!("ok: {} is valid", a.config.display());
     }
     Ok(())
+}
+
+async fn run_train(a: TrainArgs) -> Result<()> {
+    let mut job = Job::load(&a.config)?;
+    if let Some(threads) = a.threads {
+        job.spec.train.threads = threads;
+    }
+    let output = match a.output.or_else(|| job.spec.output.clone()) {
+        Some(o) => StoreUrl::open(&o, "output")?.url.to_string(),
+        None => anyhow::bail!(
+            "{}: no output: set `output` in the spec or pass --output",
+            a.config.display()
+        ),
+    };
+    let opts = LocalOptions {
+        output,
+        progress: !a.no_progress,
+        prefetch: 8,
+    };
+    let summary = on_training_thread(move |runtime| {
+        let threads = init_compute_threads(job.spec.train.threads);
+        tracing::info!(threads, "compute threads");
+        train_local(Arc::new(job), &opts, &runtime)
+    })
+    .await?;
+    match &summary.checkpoint {
+        Some(url) => println!(
+            "trained {} epochs ({} steps); last checkpoint {url}",
+            summary.epochs, summary.steps
+        ),
+        None => println!(
+            "nothing to do: the output already holds all {} epochs ({} steps)",
+            summary.epochs, summary.steps
+        ),
+    }
+    Ok(())
+}
+
+/// Runs `work` on a dedicated OS thread (training never runs as an async task) and awaits it.
+async fn on_training_thread<T, F>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::runtime::Handle) -> Result<T, funnel_worker::WorkerError> + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("training".into())
+        .spawn(move || {
+            let _ = tx.send(work(runtime));
+        })
+        .context("cannot start the training thread")?;
+    Ok(rx.await.context("the training thread died")??)
 }
 
 async fn run_gen_data(a: GenDataArgs) -> Result<()> {

@@ -137,6 +137,12 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The model cannot be built or run on the given input.
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    /// Embedding tables cannot be built, fed or restored.
+    #[error("embeddings: {0}")]
+    Embedding(#[from] crate::embedding::EmbeddingError),
     /// A background task (decode pool) died.
     #[error("internal task failed: {0}")]
     Task(String),

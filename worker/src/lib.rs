@@ -1,14 +1,36 @@
-//! The Funnel worker: shard streaming, the training thread and ring all-reduce (DESIGN.md §5).
+//! The Funnel worker: the training step, evaluation, checkpoint contents and single-worker
+//! training (DESIGN §5, §7). Ring all-reduce and the coordinator client arrive with issue 4 and
+//! sit between [`trainer::Trainer::compute`] and [`trainer::Trainer::apply`].
 //!
-//! Modules: none yet. Issue 4 fills this crate; today the shard reader it will drive is
-//! `funnel_common::reader`, which yields burn-independent `funnel_common::batch::Batch`es.
+//! Map of modules:
+//! - [`trainer`]: one worker's model (host embeddings + burn towers + optimizers) and its step.
+//! - [`state`]: checkpoint files (model.safetensors, optimizer.safetensors, model.json,
+//!   trainer.json) and exact restore.
+//! - [`evaluate`]: exact funnel metrics over an eval split.
+//! - [`local`]: `funnel train` on one worker: epochs, eval, metrics.jsonl, checkpoints, resume.
+//! - [`threads`]: sizing the compute pool.
+
+pub mod evaluate;
+pub mod local;
+pub mod state;
+pub mod threads;
+pub mod trainer;
 
 pub use funnel_common::reader::ShardReader;
 
 /// Errors of the worker. Converted to gRPC `Status` in one place once the peer service exists.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// A data-plane error (reading a shard).
+    /// A data-plane, model or checkpoint error from `funnel-common`.
     #[error(transparent)]
     Data(#[from] funnel_common::Error),
+    /// The job asks for something this build does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Training produced a NaN or infinite loss.
+    #[error("non-finite training loss: {0}")]
+    NonFinite(String),
+    /// An internal step failed (serialisation, a channel).
+    #[error("internal error: {0}")]
+    Internal(String),
 }

@@ -10,7 +10,10 @@
 //! reader will trust, and two writers cannot both commit one step. Readers verify every file
 //! against the manifest before using it. `tensors` encodes named f32 tensors as safetensors.
 
+pub mod card;
 pub mod tensors;
+
+pub use card::ModelCard;
 
 use crate::error::{Error, Result};
 use crate::store::StoreUrl;

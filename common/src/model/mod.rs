@@ -244,6 +244,16 @@ impl FunnelModel {
         Ok(())
     }
 
+    /// Training steps run so far (the dropout stream's position; checkpointed).
+    pub fn train_steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Restores the training-step count from a checkpoint, so dropout masks continue exactly.
+    pub fn set_train_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// The dense optimizer (state for checkpoints).
     pub fn optimizer(&self) -> &DenseOptim {
         &self.optim

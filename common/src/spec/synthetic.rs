@@ -75,7 +75,8 @@ lr = 0.001
 sparse = "lazy-adam"
 
 [loss]
-weighting = "gradnorm"
+# "gradnorm", "uwl" and "dwa" arrive with issue 5.
+weighting = "fixed"
 
 [train]
 batch_size = 1024

@@ -1,0 +1,168 @@
+//! One worker's model state and its training step, split so that an all-reduce can sit between
+//! the two halves (DESIGN §5): [`Trainer::compute`] runs forward/backward on a batch and returns
+//! this worker's gradients; [`Trainer::apply`] steps the optimizers with (reduced) gradients.
+//! Single-worker training calls one after the other ([`Trainer::train_batch`]).
+//!
+//! Everything here is synchronous and runs on the training thread.
+
+use crate::WorkerError;
+use funnel_common::batch::Batch;
+use funnel_common::embedding::{
+    EmbeddingOptimizers, EmbeddingSet, SparseGrad, SparseOptimizerConfig,
+};
+use funnel_common::model::{FunnelModel, InputDims};
+use funnel_common::spec::{Job, Weighting};
+use std::sync::Arc;
+
+/// This worker's gradients of one batch, of the batch-mean loss.
+#[derive(Debug, Clone)]
+pub struct LocalGrads {
+    /// Rows of the batch.
+    pub rows: usize,
+    /// Weighted loss (batch mean).
+    pub loss: f32,
+    /// Unweighted mean BCE per target, in `ResolvedFunnel::targets()` order.
+    pub task_losses: Vec<f32>,
+    /// Dense gradient, flat in layout order.
+    pub dense: Vec<f32>,
+    /// Row-sparse gradient per embedding table, in table order.
+    pub sparse: Vec<SparseGrad>,
+}
+
+/// The model of one worker: embedding tables and their sparse optimizers, the towers with
+/// their dense optimizer, and the task weights.
+#[derive(Debug)]
+pub struct Trainer {
+    job: Arc<Job>,
+    pub(crate) set: EmbeddingSet,
+    pub(crate) sparse: EmbeddingOptimizers,
+    pub(crate) sparse_config: SparseOptimizerConfig,
+    pub(crate) model: FunnelModel,
+    pub(crate) weights: Vec<f32>,
+    /// Reused `[rows, emb_dim]` gather buffer.
+    emb: Vec<f32>,
+}
+
+impl Trainer {
+    /// A freshly initialised model for `job` (initialisation fixed by `train.seed`).
+    pub fn new(job: Arc<Job>) -> Result<Self, WorkerError> {
+        let seed = job.spec.train.seed;
+        let set =
+            EmbeddingSet::new(&job.spec.features, seed).map_err(funnel_common::Error::from)?;
+        let model = FunnelModel::new(&job, InputDims::from_job(&job), seed)
+            .map_err(funnel_common::Error::from)?;
+        Self::from_parts(job, set, model, None)
+    }
+
+    /// Assembles a trainer from restored parts; `sparse` `None` = fresh sparse optimizers.
+    pub(crate) fn from_parts(
+        job: Arc<Job>,
+        set: EmbeddingSet,
+        model: FunnelModel,
+        sparse: Option<EmbeddingOptimizers>,
+    ) -> Result<Self, WorkerError> {
+        let sparse_config = SparseOptimizerConfig::from_spec(&job.spec.optimizer);
+        let sparse = sparse.unwrap_or_else(|| EmbeddingOptimizers::new(&sparse_config, &set));
+        let weights = initial_weights(&job)?;
+        Ok(Self {
+            job,
+            set,
+            sparse,
+            sparse_config,
+            model,
+            weights,
+            emb: Vec::new(),
+        })
+    }
+
+    /// The job.
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// The towers.
+    pub fn model(&self) -> &FunnelModel {
+        &self.model
+    }
+
+    /// The embedding tables.
+    pub fn embeddings(&self) -> &EmbeddingSet {
+        &self.set
+    }
+
+    /// Task weights, in `ResolvedFunnel::targets()` order.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// Forward and backward on `batch`; parameters are not changed.
+    pub fn compute(&mut self, batch: &Batch) -> Result<LocalGrads, WorkerError> {
+        let common = |e: funnel_common::Error| WorkerError::Data(e);
+        self.set
+            .gather_into(batch, &mut self.emb)
+            .map_err(|e| common(e.into()))?;
+        let out = self
+            .model
+            .train_step(&self.emb, &batch.numeric, &batch.labels, &self.weights)
+            .map_err(|e| common(e.into()))?;
+        let sparse = self
+            .set
+            .backward(batch, &out.emb_grad)
+            .map_err(|e| common(e.into()))?;
+        Ok(LocalGrads {
+            rows: out.rows,
+            loss: out.loss,
+            task_losses: out.task_losses,
+            dense: out.dense_grad,
+            sparse,
+        })
+    }
+
+    /// One optimizer step with `grads` (this worker's, or the reduced mean over the ring).
+    pub fn apply(&mut self, grads: &LocalGrads) -> Result<(), WorkerError> {
+        for (t, g) in grads.sparse.iter().enumerate() {
+            let rows = self.set.tables().get(t).map_or(0, |t| t.rows());
+            g.validate(rows).map_err(|e| WorkerError::Data(e.into()))?;
+        }
+        self.sparse.step(&mut self.set, &grads.sparse);
+        self.model
+            .apply_dense_update(&grads.dense)
+            .map_err(|e| WorkerError::Data(e.into()))?;
+        Ok(())
+    }
+
+    /// [`Self::compute`] then [`Self::apply`]: one single-worker step.
+    pub fn train_batch(&mut self, batch: &Batch) -> Result<LocalGrads, WorkerError> {
+        let grads = self.compute(batch)?;
+        self.apply(&grads)?;
+        Ok(grads)
+    }
+
+    /// Every stage's probability for `batch`, `[stages][rows]` in funnel order.
+    pub fn predict(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>, WorkerError> {
+        self.set
+            .gather_into(batch, &mut self.emb)
+            .map_err(|e| WorkerError::Data(e.into()))?;
+        self.model
+            .forward(&self.emb, &batch.numeric)
+            .map_err(|e| WorkerError::Data(e.into()))
+    }
+}
+
+/// Initial task weights from `loss.weights` (missing stages weigh 1), in target order. Only
+/// fixed weighting runs today; the adaptive strategies arrive with the coordinator's weight
+/// updates (issue 5), and are refused rather than silently trained as fixed.
+pub fn initial_weights(job: &Job) -> Result<Vec<f32>, WorkerError> {
+    let loss = &job.spec.loss;
+    if loss.weighting != Weighting::Fixed {
+        return Err(WorkerError::Unsupported(format!(
+            "loss.weighting = {:?} is not implemented yet (issue 5); use \"fixed\"",
+            loss.weighting
+        )));
+    }
+    Ok(job
+        .funnel
+        .targets()
+        .map(|(_, s)| loss.weights.get(&s.name).copied().unwrap_or(1.0) as f32)
+        .collect())
+}
