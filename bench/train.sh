@@ -48,23 +48,26 @@ for t in $threads_list; do
     for side in $sides; do
       load=$(cut -d' ' -f1 /proc/loadavg)
       log=$out/logs/$side-t$t-r$r.log
+      tm=$out/logs/$side-t$t-r$r.time
       case $side in
         funnel)
           run=$PWD/$out/run-t$t
           rm -rf "$run"
-          "$bin" train --config bench/reference.toml --threads "$t" --output "$run" >"$log" 2>&1 \
+          /usr/bin/time -f '%e %U %S' -o "$tm" "$bin" train --no-progress \
+            --config bench/reference.toml --threads "$t" --output "$run" >"$log" 2>&1 \
             || { tail -20 "$log"; exit 1; }
           line=$run/metrics.jsonl
           ;;
         pytorch-sparse | pytorch-dense)
-          line=$("$py" bench/train_pytorch.py "$out/data" --threads "$t" \
-            --variant "${side#pytorch-}" 2>"$log") || { tail -20 "$log"; exit 1; }
+          line=$(/usr/bin/time -f '%e %U %S' -o "$tm" "$py" bench/train_pytorch.py "$out/data" \
+            --threads "$t" --variant "${side#pytorch-}" 2>"$log") || { tail -20 "$log"; exit 1; }
           ;;
         *) echo "unknown side $side" >&2; exit 2 ;;
       esac
-      "$py" - "$side" "$t" "$r" "$load" "$line" >>"$results" <<'PY'
+      "$py" - "$side" "$t" "$r" "$load" "$line" "$(tail -n 1 "$tm")" >>"$results" <<'PY'
 import json, sys
-side, t, r, load, line = sys.argv[1:]
+side, t, r, load, line, tm = sys.argv[1:]
+wall, user, system = map(float, tm.split())
 if side == "funnel":  # the last epoch's line of metrics.jsonl
     train = [d for d in map(json.loads, open(line).read().splitlines()) if "train" in d][-1]["train"]
 else:
@@ -72,7 +75,9 @@ else:
 print(json.dumps({"side": side, "threads": int(t), "run": int(r), "load1": float(load),
                   "rows": train["rows"], "seconds": train["seconds"],
                   "rows_per_s": train["rows_per_s"],
-                  "warm_rows_per_s": train.get("warm_rows_per_s")}))
+                  "warm_rows_per_s": train.get("warm_rows_per_s"),
+                  "process_wall_s": wall, "process_cpu_s": user + system,
+                  "cores": (user + system) / wall}))
 PY
       tail -n 1 "$results"
     done
@@ -88,19 +93,21 @@ rows = int(sys.argv[2])
 bad = [r for r in res if r["rows"] != rows]
 if bad:
     sys.exit(f"rows differ from {rows}: {bad}")
-med = defaultdict(dict)
-for side in dict.fromkeys(r["side"] for r in res):
-    for t in dict.fromkeys(r["threads"] for r in res):
-        v = [r["rows_per_s"] for r in res if r["side"] == side and r["threads"] == t]
-        if v:
-            med[t][side] = statistics.median(v)
-print(f"\nrows {rows}, medians of {max(r['run'] for r in res)} runs, samples/s over the whole "
-      "epoch (reading included)")
+med, cores = defaultdict(dict), defaultdict(dict)
 sides = list(dict.fromkeys(r["side"] for r in res))
-print("threads  " + "".join(f"{s:>16}" for s in sides)
+for side in sides:
+    for t in dict.fromkeys(r["threads"] for r in res):
+        runs = [r for r in res if r["side"] == side and r["threads"] == t]
+        if runs:
+            med[t][side] = statistics.median(r["rows_per_s"] for r in runs)
+            cores[t][side] = statistics.median(r["cores"] for r in runs)
+print(f"\nrows {rows}, medians of {max(r['run'] for r in res)} runs: samples/s over the whole "
+      "epoch (reading included) [CPU cores the process used on average]")
+print("threads" + "".join(f"{s:>24}" for s in sides)
       + ("  funnel/sparse  funnel/dense  funnel/best" if "funnel" in sides else ""))
 for t, m in med.items():
-    line = f"{t:>7}  " + "".join(f"{m.get(s, float('nan')):>16,.0f}" for s in sides)
+    line = f"{t:>7}" + "".join(
+        f"{m[s]:>16,.0f} [{cores[t][s]:.2f}]" if s in m else f"{'-':>24}" for s in sides)
     torch_sides = [s for s in ("pytorch-sparse", "pytorch-dense") if s in m]
     if "funnel" in m and torch_sides:
         f = m["funnel"]
