@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Training samples/s (issue 3 point 9): `funnel train` on bench/reference.toml beside the same
+# model in PyTorch (sparse embeddings + SparseAdam, and dense embeddings + Adam) on the same
+# Parquet files, on 1 and 2 threads, in one run. Prints the medians and the ratios.
+# Not run by CI; installs torch, numpy and pyarrow into bench/.venv (bench/requirements-train.txt).
+#   bench/train.sh [ROWS] [RUNS]
+# Environment: THREADS (default "1 2"), SIDES (default "funnel pytorch-sparse pytorch-dense"),
+# CARGO_TARGET_DIR (where the funnel binary is built). See docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+runs=${2:-3}
+threads_list=${THREADS:-"1 2"}
+sides=${SIDES:-"funnel pytorch-sparse pytorch-dense"}
+out=bench/out/train
+py=bench/.venv/bin/python
+bin=${CARGO_TARGET_DIR:-target}/release/funnel
+
+if [ ! -x "$py" ]; then
+  python3 -m venv bench/.venv
+fi
+if ! "$py" -c 'import torch, numpy, pyarrow; assert torch.__version__.startswith("2.9.0")' \
+    2>/dev/null; then
+  "$py" -m pip install --quiet --no-deps -r bench/requirements-train.txt
+fi
+case " $sides " in *" funnel "*)
+  cargo build --release --quiet --bin funnel ;;
+esac
+
+mkdir -p "$out"
+if [ ! -f "$out/rows-$rows" ]; then
+  rm -rf "$out/data" "$out"/rows-*
+  "$py" bench/make_train_data.py --output "$out/data" --rows "$rows" --files 4 \
+    --row-group-rows 65536 --seed 42
+  touch "$out/rows-$rows"
+fi
+case " $sides " in *" funnel "*)
+  "$bin" validate --config bench/reference.toml >/dev/null ;;
+esac
+
+results=$out/results.jsonl
+: > "$results"
+mkdir -p "$out/logs"
+echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Sides interleave within each repeat, so a change of machine load hits all of them alike.
+for t in $threads_list; do
+  for r in $(seq 1 "$runs"); do
+    for side in $sides; do
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      log=$out/logs/$side-t$t-r$r.log
+      tm=$out/logs/$side-t$t-r$r.time
+      case $side in
+        funnel)
+          run=$PWD/$out/run-t$t
+          rm -rf "$run"
+          /usr/bin/time -f '%e %U %S' -o "$tm" "$bin" train --no-progress \
+            --config bench/reference.toml --threads "$t" --output "$run" >"$log" 2>&1 \
+            || { tail -20 "$log"; exit 1; }
+          line=$run/metrics.jsonl
+          ;;
+        pytorch-sparse | pytorch-dense)
+          line=$(/usr/bin/time -f '%e %U %S' -o "$tm" "$py" bench/train_pytorch.py "$out/data" \
+            --threads "$t" --variant "${side#pytorch-}" 2>"$log") || { tail -20 "$log"; exit 1; }
+          ;;
+        *) echo "unknown side $side" >&2; exit 2 ;;
+      esac
+      "$py" - "$side" "$t" "$r" "$load" "$line" "$(tail -n 1 "$tm")" >>"$results" <<'PY'
+import json, sys
+side, t, r, load, line, tm = sys.argv[1:]
+wall, user, system = map(float, tm.split())
+if side == "funnel":  # the last epoch's line of metrics.jsonl
+    train = [d for d in map(json.loads, open(line).read().splitlines()) if "train" in d][-1]["train"]
+else:
+    train = json.loads(line)
+print(json.dumps({"side": side, "threads": int(t), "run": int(r), "load1": float(load),
+                  "rows": train["rows"], "seconds": train["seconds"],
+                  "rows_per_s": train["rows_per_s"],
+                  "warm_rows_per_s": train.get("warm_rows_per_s"),
+                  "process_wall_s": wall, "process_cpu_s": user + system,
+                  "cores": (user + system) / wall}))
+PY
+      tail -n 1 "$results"
+    done
+  done
+done
+echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+"$py" - "$results" "$rows" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+res = [json.loads(l) for l in open(sys.argv[1])]
+rows = int(sys.argv[2])
+bad = [r for r in res if r["rows"] != rows]
+if bad:
+    sys.exit(f"rows differ from {rows}: {bad}")
+med, cores = defaultdict(dict), defaultdict(dict)
+sides = list(dict.fromkeys(r["side"] for r in res))
+for side in sides:
+    for t in dict.fromkeys(r["threads"] for r in res):
+        runs = [r for r in res if r["side"] == side and r["threads"] == t]
+        if runs:
+            med[t][side] = statistics.median(r["rows_per_s"] for r in runs)
+            cores[t][side] = statistics.median(r["cores"] for r in runs)
+print(f"\nrows {rows}, medians of {max(r['run'] for r in res)} runs: samples/s over the whole "
+      "epoch (reading included) [CPU cores the process used on average]")
+print("threads" + "".join(f"{s:>24}" for s in sides)
+      + ("  funnel/sparse  funnel/dense  funnel/best" if "funnel" in sides else ""))
+for t, m in med.items():
+    line = f"{t:>7}" + "".join(
+        f"{m[s]:>16,.0f} [{cores[t][s]:.2f}]" if s in m else f"{'-':>24}" for s in sides)
+    torch_sides = [s for s in ("pytorch-sparse", "pytorch-dense") if s in m]
+    if "funnel" in m and torch_sides:
+        f = m["funnel"]
+        ratio = lambda s: f"{f / m[s]:.2f}x" if s in m else "-"
+        best = max(m[s] for s in torch_sides)
+        line += f"  {ratio('pytorch-sparse'):>13}  {ratio('pytorch-dense'):>12}  {f / best:>10.2f}x"
+        line += "  (goal 1.5x: " + ("met" if f / best >= 1.5 else "not met") + ")"
+    print(line)
+PY
