@@ -258,8 +258,13 @@ pub fn restore_model(
             message,
         })
     };
-    let mut model = FunnelModel::new(job, InputDims::from_job(job), job.spec.train.seed)
-        .map_err(|e| WorkerError::Data(e.into()))?;
+    let mut model = FunnelModel::with_backend(
+        job,
+        InputDims::from_job(job),
+        job.spec.train.seed,
+        job.spec.train.backend,
+    )
+    .map_err(|e| WorkerError::Data(e.into()))?;
     let bytes = ckpt.file(MODEL)?;
     let hash = format!("{:016x}", model.layout_hash());
     // The layout hash in the header (always written) gives the clearest message for a job that

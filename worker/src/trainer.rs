@@ -49,8 +49,13 @@ impl Trainer {
         let seed = job.spec.train.seed;
         let set =
             EmbeddingSet::new(&job.spec.features, seed).map_err(funnel_common::Error::from)?;
-        let model = FunnelModel::new(&job, InputDims::from_job(&job), seed)
-            .map_err(funnel_common::Error::from)?;
+        let model = FunnelModel::with_backend(
+            &job,
+            InputDims::from_job(&job),
+            seed,
+            job.spec.train.backend,
+        )
+        .map_err(funnel_common::Error::from)?;
         Self::from_parts(job, set, model, None)
     }
 

@@ -428,6 +428,10 @@ pub struct TrainSpec {
     /// Compute threads per worker (0 = one per core).
     #[serde(default)]
     pub threads: usize,
+    /// Where the towers run: `flex` (pure-Rust CPU, default), `tch` (LibTorch; build with
+    /// `--features tch`) or `cuda` (CubeCL; `--features cuda`). docs/backends.md.
+    #[serde(default)]
+    pub backend: crate::model::ComputeBackend,
 }
 
 impl Default for TrainSpec {
@@ -437,6 +441,7 @@ impl Default for TrainSpec {
             epochs: default_epochs(),
             seed: default_seed(),
             threads: 0,
+            backend: crate::model::ComputeBackend::default(),
         }
     }
 }
