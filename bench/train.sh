@@ -93,35 +93,5 @@ PY
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-"$py" - "$results" "$rows" <<'PY'
-import json, statistics, sys
-from collections import defaultdict
-res = [json.loads(l) for l in open(sys.argv[1])]
-rows = int(sys.argv[2])
-bad = [r for r in res if r["rows"] != rows]
-if bad:
-    sys.exit(f"rows differ from {rows}: {bad}")
-med, cores = defaultdict(dict), defaultdict(dict)
-sides = list(dict.fromkeys(r["side"] for r in res))
-for side in sides:
-    for t in dict.fromkeys(r["threads"] for r in res):
-        runs = [r for r in res if r["side"] == side and r["threads"] == t]
-        if runs:
-            med[t][side] = statistics.median(r["rows_per_s"] for r in runs)
-            cores[t][side] = statistics.median(r["cores"] for r in runs)
-print(f"\nrows {rows}, medians of {max(r['run'] for r in res)} runs: samples/s over the whole "
-      "epoch (reading included) [CPU cores the process used on average]")
-print("threads" + "".join(f"{s:>24}" for s in sides)
-      + ("  funnel/sparse  funnel/dense  funnel/best" if "funnel" in sides else ""))
-for t, m in med.items():
-    line = f"{t:>7}" + "".join(
-        f"{m[s]:>16,.0f} [{cores[t][s]:.2f}]" if s in m else f"{'-':>24}" for s in sides)
-    torch_sides = [s for s in ("pytorch-sparse", "pytorch-dense") if s in m]
-    if "funnel" in m and torch_sides:
-        f = m["funnel"]
-        ratio = lambda s: f"{f / m[s]:.2f}x" if s in m else "-"
-        best = max(m[s] for s in torch_sides)
-        line += f"  {ratio('pytorch-sparse'):>13}  {ratio('pytorch-dense'):>12}  {f / best:>10.2f}x"
-        line += "  (goal 1.5x: " + ("met" if f / best >= 1.5 else "not met") + ")"
-    print(line)
-PY
+echo
+"$py" bench/train_summary.py "$results" "$rows"
