@@ -5,15 +5,20 @@
 # Not run by CI; installs torch, numpy and pyarrow into bench/.venv (bench/requirements-train.txt).
 #   bench/train.sh [ROWS] [RUNS]
 # Environment: THREADS (default "1 2"), SIDES (default "funnel pytorch-sparse pytorch-dense"),
-# CARGO_TARGET_DIR (where the funnel binary is built). See docs/benchmarks.md.
+# CARGO_TARGET_DIR (where the funnel binary is built), OMP_WAIT_POLICY for the PyTorch side
+# (default PASSIVE: with libgomp's default spinning, PyTorch on 2 threads collapsed ~7x on a
+# shared 2-core machine). See docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 runs=${2:-3}
+[ "$runs" -ge 1 ] || { echo "RUNS must be >= 1" >&2; exit 2; }
 threads_list=${THREADS:-"1 2"}
 sides=${SIDES:-"funnel pytorch-sparse pytorch-dense"}
 out=bench/out/train
 py=bench/.venv/bin/python
+omp_wait_policy=${OMP_WAIT_POLICY:-PASSIVE}
+unset OMP_WAIT_POLICY
 bin=${CARGO_TARGET_DIR:-target}/release/funnel
 
 if [ ! -x "$py" ]; then
@@ -41,7 +46,8 @@ esac
 results=$out/results.jsonl
 : > "$results"
 mkdir -p "$out/logs"
-echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
+  "PyTorch side: OMP_WAIT_POLICY=$omp_wait_policy"
 # Sides interleave within each repeat, so a change of machine load hits all of them alike.
 for t in $threads_list; do
   for r in $(seq 1 "$runs"); do
@@ -59,7 +65,8 @@ for t in $threads_list; do
           line=$run/metrics.jsonl
           ;;
         pytorch-sparse | pytorch-dense)
-          line=$(/usr/bin/time -f '%e %U %S' -o "$tm" "$py" bench/train_pytorch.py "$out/data" \
+          line=$(OMP_WAIT_POLICY=$omp_wait_policy /usr/bin/time -f '%e %U %S' -o "$tm" \
+            "$py" bench/train_pytorch.py "$out/data" \
             --threads "$t" --variant "${side#pytorch-}" 2>"$log") || { tail -20 "$log"; exit 1; }
           ;;
         *) echo "unknown side $side" >&2; exit 2 ;;
@@ -69,13 +76,14 @@ import json, sys
 side, t, r, load, line, tm = sys.argv[1:]
 wall, user, system = map(float, tm.split())
 if side == "funnel":  # the last epoch's line of metrics.jsonl
-    train = [d for d in map(json.loads, open(line).read().splitlines()) if "train" in d][-1]["train"]
+    epochs = [json.loads(l) for l in open(line).read().splitlines()]
+    train = [d for d in epochs if "train" in d][-1]["train"]
 else:
     train = json.loads(line)
 print(json.dumps({"side": side, "threads": int(t), "run": int(r), "load1": float(load),
                   "rows": train["rows"], "seconds": train["seconds"],
                   "rows_per_s": train["rows_per_s"],
-                  "warm_rows_per_s": train.get("warm_rows_per_s"),
+                  "warm_rows_per_s": train.get("warm_rows_per_s"), "loss": train.get("loss"),
                   "process_wall_s": wall, "process_cpu_s": user + system,
                   "cores": (user + system) / wall}))
 PY
@@ -85,35 +93,5 @@ PY
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-"$py" - "$results" "$rows" <<'PY'
-import json, statistics, sys
-from collections import defaultdict
-res = [json.loads(l) for l in open(sys.argv[1])]
-rows = int(sys.argv[2])
-bad = [r for r in res if r["rows"] != rows]
-if bad:
-    sys.exit(f"rows differ from {rows}: {bad}")
-med, cores = defaultdict(dict), defaultdict(dict)
-sides = list(dict.fromkeys(r["side"] for r in res))
-for side in sides:
-    for t in dict.fromkeys(r["threads"] for r in res):
-        runs = [r for r in res if r["side"] == side and r["threads"] == t]
-        if runs:
-            med[t][side] = statistics.median(r["rows_per_s"] for r in runs)
-            cores[t][side] = statistics.median(r["cores"] for r in runs)
-print(f"\nrows {rows}, medians of {max(r['run'] for r in res)} runs: samples/s over the whole "
-      "epoch (reading included) [CPU cores the process used on average]")
-print("threads" + "".join(f"{s:>24}" for s in sides)
-      + ("  funnel/sparse  funnel/dense  funnel/best" if "funnel" in sides else ""))
-for t, m in med.items():
-    line = f"{t:>7}" + "".join(
-        f"{m[s]:>16,.0f} [{cores[t][s]:.2f}]" if s in m else f"{'-':>24}" for s in sides)
-    torch_sides = [s for s in ("pytorch-sparse", "pytorch-dense") if s in m]
-    if "funnel" in m and torch_sides:
-        f = m["funnel"]
-        ratio = lambda s: f"{f / m[s]:.2f}x" if s in m else "-"
-        best = max(m[s] for s in torch_sides)
-        line += f"  {ratio('pytorch-sparse'):>13}  {ratio('pytorch-dense'):>12}  {f / best:>10.2f}x"
-        line += "  (goal 1.5x: " + ("met" if f / best >= 1.5 else "not met") + ")"
-    print(line)
-PY
+echo
+"$py" bench/train_summary.py "$results" "$rows"

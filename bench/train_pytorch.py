@@ -24,13 +24,15 @@ and only the epoch's last batch may be smaller. Reading runs on the training thr
 DataLoader workers, so `--threads` bounds the compute threads of both reading and training).
 
 Prints one JSON line per variant: rows, steps, seconds and rows/s over the whole epoch (reading
-included) and over the steps after the first `--warmup` (warm_rows_per_s), first and last loss.
+included) and over the steps after the first `--warmup` (warm_rows_per_s), and the epoch's mean
+training loss weighted by rows (as Funnel's metrics.jsonl `train.loss`).
 
     python bench/train_pytorch.py DATA_DIR --threads N [--variant sparse|dense|both]
 """
 import argparse
 import glob
 import json
+import os
 import time
 
 import numpy as np
@@ -135,7 +137,7 @@ def run(variant, args, files):
         opts = [torch.optim.Adam(table_params + dense_params, lr=args.lr, **impl)]
 
     rows = steps = 0
-    losses = []
+    loss_sum = 0.0
     warm_start = warm_rows = None
     start = time.perf_counter()
     for ids, y in batches(files, args.batch, args.buckets, args.chunk_rows, args.shuffle, rng,
@@ -148,12 +150,10 @@ def run(variant, args, files):
             o.step()
         steps += 1
         rows += ids.shape[0]
-        if steps <= 3 or steps % 50 == 0:
-            losses.append(loss.item())
+        loss_sum += loss.item() * ids.shape[0]  # Funnel also reads every step's loss
         if steps == args.warmup:
             warm_start, warm_rows = time.perf_counter(), rows
     end = time.perf_counter()
-    last_loss = loss.item()
     seconds = end - start
     warm = None
     if warm_start is not None and rows > warm_rows:
@@ -161,8 +161,8 @@ def run(variant, args, files):
     return {
         "side": f"pytorch-{variant}", "threads": args.threads, "rows": rows, "steps": steps,
         "seconds": seconds, "rows_per_s": rows / seconds, "warmup_steps": args.warmup,
-        "warm_rows_per_s": warm, "first_loss": losses[0] if losses else None,
-        "last_loss": last_loss, "adam": args.adam, "torch": torch.__version__,
+        "warm_rows_per_s": warm, "loss": loss_sum / max(rows, 1), "adam": args.adam,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
         "pyarrow": pa.__version__,
     }
 
