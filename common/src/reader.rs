@@ -13,7 +13,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
@@ -136,23 +137,9 @@ impl ShardReader {
         let columns = columns.to_vec();
         let batch_rows = self.read_batch_rows;
         self.on_decode_pool(object, row_group, move || {
-            let fail = |e: ParquetError, column: Option<String>| Error::Parquet {
-                location: Box::new(DataLocation {
-                    object: url.clone(),
-                    row_group: Some(row_group),
-                    column,
-                    ..Default::default()
-                }),
-                message: format!("cannot decode: {e}"),
-            };
-            let reader = |cols: &[usize]| {
-                let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
-                ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
-                    .with_projection(mask)
-                    .with_row_groups(vec![row_group])
-                    .with_batch_size(batch_rows)
-                    .build()
-            };
+            let fail = |e, column| decode_error(&url, row_group, column, e);
+            let reader =
+                |cols: &[usize]| row_group_reader(&chunk, &meta, row_group, cols, batch_rows);
             let mut out = Vec::new();
             for rb in reader(&roots).map_err(|e| fail(e, None))? {
                 let rb = match rb {
@@ -254,6 +241,35 @@ fn projected_roots(meta: &ArrowReaderMetadata, plan: &DecodePlan) -> Vec<usize> 
         .collect()
 }
 
+/// A decode failure located at (object, row group, column when known).
+fn decode_error(url: &str, row_group: usize, column: Option<String>, e: ParquetError) -> Error {
+    Error::Parquet {
+        location: Box::new(DataLocation {
+            object: url.to_string(),
+            row_group: Some(row_group),
+            column,
+            ..Default::default()
+        }),
+        message: format!("cannot decode: {e}"),
+    }
+}
+
+/// A record-batch reader over the root columns `cols` of one fetched row group.
+fn row_group_reader(
+    chunk: &FetchedRanges,
+    meta: &ArrowReaderMetadata,
+    row_group: usize,
+    cols: &[usize],
+    batch_rows: usize,
+) -> parquet::errors::Result<ParquetRecordBatchReader> {
+    let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
+    ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
+        .with_projection(mask)
+        .with_row_groups(vec![row_group])
+        .with_batch_size(batch_rows)
+        .build()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn decode_row_group(
     chunk: &FetchedRanges,
@@ -272,22 +288,9 @@ fn decode_row_group(
         plan.labels.len(),
     );
     let mut stats = DecodeStats::default();
-    let fail = |e: ParquetError, column: Option<String>| Error::Parquet {
-        location: Box::new(DataLocation {
-            object: url.to_string(),
-            row_group: Some(row_group),
-            column,
-            ..Default::default()
-        }),
-        message: format!("cannot decode: {e}"),
-    };
+    let fail = |e, column| decode_error(url, row_group, column, e);
     let reader = |meta: &ArrowReaderMetadata, cols: &[usize]| {
-        let mask = ProjectionMask::roots(meta.parquet_schema(), cols.iter().copied());
-        ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone())
-            .with_projection(mask)
-            .with_row_groups(vec![row_group])
-            .with_batch_size(batch_rows)
-            .build()
+        row_group_reader(chunk, meta, row_group, cols, batch_rows)
     };
     let meta = with_dictionary_strings(meta, plan);
     let mut first_row = 0u64;
