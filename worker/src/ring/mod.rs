@@ -14,6 +14,9 @@ pub mod allreduce;
 pub mod memory;
 pub mod sparse;
 
+#[cfg(test)]
+mod conformance;
+
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
