@@ -274,7 +274,8 @@ async fn sparse_overlapping_disjoint_and_empty() {
                 .map(|r| {
                     let r32 = r as u32;
                     // Table 0: overlapping ids; table 1: disjoint per rank, rank 1 touches none.
-                    let overlap: Vec<u32> = (0..12).filter(|id| (id + r32) % 3 != 0).collect();
+                    let overlap: Vec<u32> =
+                        (0..12).filter(|id| !(id + r32).is_multiple_of(3)).collect();
                     let disjoint = if r == 1 {
                         vec![]
                     } else {
