@@ -1,10 +1,24 @@
-//! Funnel's gRPC wire protocol (`funnel.v1`).
+//! Funnel's gRPC wire protocol (`funnel.v1`, DESIGN §2).
 //!
-//! Empty until the coordinator and worker services land (issue 4): the messages and services will
-//! be generated here at build time from `.proto` files with protox (no protoc binary needed), and
-//! kept apart from the domain types in `funnel-common`, with conversions in one place.
+//! Everything here is generated at build time from `proto/funnel/v1/*.proto` by protox (a Rust
+//! protobuf compiler, so no protoc binary is needed) and tonic-prost-build. Only generated types
+//! live here: domain types stay in `funnel-common` and the worker, and the conversions between
+//! them sit in one place on the side that owns the domain type (`funnel_worker::transport::wire`).
 //!
-//! Modules: none yet.
+//! Modules:
+//! - [`v1`]: messages, `Coordinator` and `Peer` clients and servers.
 
-/// The protocol package version that every service will carry.
+/// The protocol package version that every service carries.
 pub const PROTOCOL_PACKAGE: &str = "funnel.v1";
+
+/// The generated `funnel.v1` package.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    reason = "generated code"
+)]
+pub mod v1 {
+    tonic::include_proto!("funnel.v1");
+}

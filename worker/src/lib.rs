@@ -10,13 +10,18 @@
 //! - [`local`]: `funnel train` on one worker: epochs, eval, metrics.jsonl, checkpoints, resume.
 //! - [`predict`]: `funnel predict`: a checkpoint's probabilities for every row of a dataset.
 //! - [`threads`]: sizing the compute pool.
+//! - [`ring`]: ring all-reduce of the dense buffer and the sparse-gradient exchange, written once
+//!   against a small transport trait; an in-memory transport.
+//! - [`transport`]: the ring over gRPC (the `funnel.v1.Peer` service) with the job token.
 
 pub mod evaluate;
 pub mod local;
 pub mod predict;
+pub mod ring;
 pub mod state;
 pub mod threads;
 pub mod trainer;
+pub mod transport;
 
 pub use funnel_common::reader::ShardReader;
 
@@ -32,6 +37,9 @@ pub enum WorkerError {
     /// Training produced a NaN or infinite loss.
     #[error("non-finite training loss: {0}")]
     NonFinite(String),
+    /// A ring exchange failed (a peer, a link, a refused call).
+    #[error(transparent)]
+    Ring(#[from] ring::RingError),
     /// An internal step failed (serialisation, a channel).
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,0 +1,18 @@
+//! Generates `funnel.v1` from `funnel/v1/*.proto` without protoc: protox compiles the files into
+//! a `FileDescriptorSet` and tonic-prost-build generates messages, clients and servers from it.
+
+const PROTOS: &[&str] = &["funnel/v1/coordinator.proto", "funnel/v1/peer.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["."])?;
+    // Both ends are Rust in this workspace: clients and servers are generated for every service.
+    // `compile_fds` does not emit rerun-if-changed lines itself, hence the loop above.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The `Peer` gRPC service: a rank's server, where its left-hand neighbour streams chunks and
+//! sparse blocks.
+//!
+//! Routing: the ring opens one generation at a time ([`PeerNode::open`]); a stream whose first
+//! message belongs to another generation, or comes from a rank other than the left-hand
+//! neighbour, is refused with FAILED_PRECONDITION before anything reaches the ring. Accepted
+//! messages are decoded and handed over a bounded channel (so a fast sender is slowed by HTTP/2
+//! flow control, not by memory) to the [`GrpcReceiver`] the ring reads; the ring validates them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use funnel_proto::v1 as pb;
+use pb::peer_server::{Peer, PeerServer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::JobToken;
+use super::{MAX_MESSAGE_BYTES, Wire};
+use crate::ring::{Chunk, PeerId, RingError, RingRecv, SparseBlock};
+
+/// Messages waiting for the ring, of one kind, for the current generation.
+struct Slot<M> {
+    generation: u64,
+    left: Option<PeerId>,
+    tx: Option<mpsc::Sender<Result<M, RingError>>>,
+}
+
+impl<M> Default for Slot<M> {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            left: None,
+            tx: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    chunks: Slot<Chunk>,
+    sparse: Slot<SparseBlock>,
+}
+
+type Shared = Arc<Mutex<Inbox>>;
+
+/// A rank's running `Peer` server. Dropping it stops the server.
+pub struct PeerNode {
+    addr: SocketAddr,
+    inbox: Shared,
+    _stop: oneshot::Sender<()>,
+}
+
+impl PeerNode {
+    /// Starts the server on `bind` (e.g. `127.0.0.1:0` for an ephemeral port); every call must
+    /// carry `token`.
+    pub async fn start(bind: SocketAddr, token: &JobToken) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let inbox = Shared::default();
+        let service = PeerServer::new(PeerService {
+            inbox: inbox.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let service = tonic_interceptor(service, token);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(%addr, error = %e, "peer server stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            inbox,
+            _stop: stop,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts streams of `generation` from `left` only, from now on, and returns the receivers
+    /// the ring reads. Streams of the previous generation lose their route and end.
+    pub fn open(
+        &self,
+        generation: u64,
+        left: PeerId,
+        capacity: usize,
+    ) -> (GrpcReceiver<Chunk>, GrpcReceiver<SparseBlock>) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            open_slot(&mut inbox.chunks, generation, &left, capacity),
+            open_slot(&mut inbox.sparse, generation, &left, capacity),
+        )
+    }
+}
+
+fn open_slot<M>(slot: &mut Slot<M>, generation: u64, left: &PeerId, cap: usize) -> GrpcReceiver<M> {
+    let (tx, rx) = mpsc::channel(cap.max(1));
+    *slot = Slot {
+        generation,
+        left: Some(left.clone()),
+        tx: Some(tx),
+    };
+    GrpcReceiver {
+        rx,
+        peer: left.clone(),
+    }
+}
+
+fn tonic_interceptor(
+    service: PeerServer<PeerService>,
+    token: &JobToken,
+) -> tonic::service::interceptor::InterceptedService<PeerServer<PeerService>, super::auth::CheckToken>
+{
+    tonic::service::interceptor::InterceptedService::new(service, token.checker("funnel.v1.Peer"))
+}
+
+/// Receives, for the ring, what the left-hand neighbour streamed to this rank's server.
+pub struct GrpcReceiver<M> {
+    rx: mpsc::Receiver<Result<M, RingError>>,
+    peer: PeerId,
+}
+
+impl<M: Send> RingRecv<M> for GrpcReceiver<M> {
+    async fn recv(&mut self) -> Result<M, RingError> {
+        match self.rx.recv().await {
+            Some(item) => item,
+            None => Err(RingError::link(
+                &self.peer,
+                "generation closed on this rank",
+            )),
+        }
+    }
+
+    fn peer(&self) -> &PeerId {
+        &self.peer
+    }
+}
+
+struct PeerService {
+    inbox: Shared,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type AllReduceStream = ReceiverStream<Result<pb::AllReduceAck, Status>>;
+    type SparseExchangeStream = ReceiverStream<Result<pb::SparseAck, Status>>;
+
+    async fn all_reduce(
+        &self,
+        request: Request<Streaming<pb::AllReduceChunk>>,
+    ) -> Result<Response<Self::AllReduceStream>, Status> {
+        let (resp, out) = mpsc::channel(2);
+        let inbox = self.inbox.clone();
+        tokio::spawn(forward(
+            request.into_inner(),
+            inbox,
+            |i| &i.chunks,
+            resp,
+            |n| pb::AllReduceAck { chunks_received: n },
+        ));
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn sparse_exchange(
+        &self,
+        request: Request<Streaming<pb::SparseBlock>>,
+    ) -> Result<Response<Self::SparseExchangeStream>, Status> {
+        let (resp, out) = mpsc::channel(2);
+        let inbox = self.inbox.clone();
+        tokio::spawn(forward(
+            request.into_inner(),
+            inbox,
+            |i| &i.sparse,
+            resp,
+            |n| pb::SparseAck { blocks_received: n },
+        ));
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Routes one incoming stream to the ring, or refuses it (stale generation, wrong sender).
+async fn forward<M: Wire, A>(
+    mut stream: Streaming<M::Pb>,
+    inbox: Shared,
+    slot: fn(&Inbox) -> &Slot<M>,
+    resp: mpsc::Sender<Result<A, Status>>,
+    ack: fn(u64) -> A,
+) {
+    let Ok(Some(mut msg)) = stream.message().await else {
+        return;
+    };
+    let route = {
+        let inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
+        check_route::<M>(slot(&inbox), &msg)
+    };
+    let (tx, left) = match route {
+        Ok(route) => route,
+        Err(status) => {
+            tracing::warn!(reason = status.message(), "refused a peer stream");
+            let _ = resp.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut count = 0;
+    loop {
+        let item = M::from_wire(msg, &left);
+        if let Err(e) = &item {
+            let _ = resp.send(Err(Status::from(e))).await;
+        }
+        let bad = item.is_err();
+        if tx.send(item).await.is_err() || bad {
+            return;
+        }
+        count += 1;
+        msg = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                // The sender is done with this generation: anything the ring still waits for
+                // will not come, so say so now rather than after the receive timeout.
+                let _ = tx.send(Err(RingError::link(&left, "stream ended"))).await;
+                let _ = resp.send(Ok(ack(count))).await;
+                return;
+            }
+            Err(s) => {
+                let what = format!("stream broke: {}", s.message());
+                let _ = tx.send(Err(RingError::link(&left, what))).await;
+                return;
+            }
+        };
+    }
+}
+
+type Route<M> = (mpsc::Sender<Result<M, RingError>>, PeerId);
+
+/// Whether the stream that starts with `first` belongs to this rank's current generation and
+/// comes from its left-hand neighbour.
+fn check_route<M: Wire>(slot: &Slot<M>, first: &M::Pb) -> Result<Route<M>, Status> {
+    let Some((generation, rank)) = M::origin(first) else {
+        return Err(Status::invalid_argument("first message without a header"));
+    };
+    let (Some(tx), Some(left)) = (&slot.tx, &slot.left) else {
+        return Err(Status::failed_precondition(format!(
+            "generation {generation}: this rank has no open generation"
+        )));
+    };
+    if generation != slot.generation {
+        let age = if generation < slot.generation {
+            "stale"
+        } else {
+            "future"
+        };
+        return Err(Status::failed_precondition(format!(
+            "{age} generation {generation}; this rank is in generation {}",
+            slot.generation
+        )));
+    }
+    if rank as usize != left.rank {
+        return Err(Status::failed_precondition(format!(
+            "rank {rank} is not this rank's left neighbour ({left}) in generation {generation}"
+        )));
+    }
+    Ok((tx.clone(), left.clone()))
+}
