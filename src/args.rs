@@ -33,15 +33,24 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Write synthetic search logs with a known ground-truth funnel to any object store.
     GenData(GenDataArgs),
-    /// Train a job on this machine (one worker): epochs over `data.train`, evaluation on
-    /// `data.eval` after each, metrics in `<output>/metrics.jsonl`, a checkpoint per epoch.
-    /// Resumes from `<output>/checkpoints/LATEST` when it exists.
+    /// Train a job on this machine: epochs over `data.train`, evaluation on `data.eval` after
+    /// each, metrics in `<output>/metrics.jsonl`, a checkpoint per epoch. Resumes from
+    /// `<output>/checkpoints/LATEST` when it exists. With `--workers N`, runs a local cluster: a
+    /// coordinator and N worker processes on 127.0.0.1, their output in one stream.
     Train(TrainArgs),
+    /// Run the coordinator of a distributed job: lists the data once, forms the ring, hands out
+    /// leases, commits steps and epochs. Prints `coordinator listening on ADDR` when ready and
+    /// exits when the job completes (0) or fails (1).
+    Coordinator(CoordinatorArgs),
+    /// Run one worker of a distributed job: fetches the job from the coordinator, joins the
+    /// ring, trains, and exits when the job completes.
+    Worker(WorkerArgs),
     /// Score Parquet with a checkpoint: every stage's probability (`p_<stage>`, float32, funnel
     /// order) beside pass-through id columns, one output row per input row, in input order.
     Predict(PredictArgs),
     /// Run the embedded default end to end on local files: generate data, write its job spec,
-    /// validate it, train it on one worker (checkpoints and metrics.jsonl under `<dir>/output`).
+    /// validate it, train it on a local cluster of `--workers` processes (checkpoints and
+    /// metrics.jsonl under `<dir>/output`).
     Demo(DemoArgs),
 }
 
@@ -74,6 +83,57 @@ pub struct TrainArgs {
     /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Train as a local cluster of this many worker processes (and a coordinator), exchanging
+    /// gradients over gRPC on 127.0.0.1; `train.batch_size` stays the global batch.
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// `funnel coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Job spec (TOML).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Address to listen on (port 0 = an ephemeral port, printed when ready).
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    pub listen: std::net::SocketAddr,
+    /// Output URL (checkpoints, metrics.jsonl); overrides the spec's `output`.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    /// Workers in the ring; overrides `cluster.workers`.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// File holding the job token (else the FUNNEL_JOB_TOKEN environment variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `funnel worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. `http://coordinator:7070`.
+    #[arg(long, env = "FUNNEL_COORDINATOR")]
+    pub coordinator: String,
+    /// Address of this worker's peer server (port 0 = ephemeral).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Address peers reach this worker at, when not the listening one (e.g. the pod IP and
+    /// port when listening on 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Compute threads; overrides `train.threads` (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// File holding the job token (else the FUNNEL_JOB_TOKEN environment variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Never draw progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Name in logs (default: host and pid).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// `funnel predict`.
@@ -171,4 +231,8 @@ pub struct DemoArgs {
     /// Rows to generate.
     #[arg(long, default_value_t = 200_000)]
     pub rows: u64,
+    /// Worker processes of the local cluster that trains it (coordinator + workers on
+    /// 127.0.0.1, gradients by ring all-reduce over gRPC).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
 }

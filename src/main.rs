@@ -1,6 +1,7 @@
 //! The `funnel` command: argument parsing and dispatch only; the work lives in the crates.
 
 mod args;
+mod cluster;
 
 /// mimalloc: decoding and training allocate and free large buffers every batch; glibc malloc
 /// returns them to the kernel and faults them back in each time.
@@ -49,6 +50,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Train(a) => run_train(a).await,
         Command::Predict(a) => run_predict(a).await,
         Command::Demo(a) => run_demo(a).await,
+        Command::Coordinator(a) => cluster::run_coordinator(a).await,
+        Command::Worker(a) => cluster::run_worker(a).await,
     }
 }
 
@@ -65,6 +68,9 @@ async fn run_validate(a: ValidateArgs) -> Result<()> {
 }
 
 async fn run_train(a: TrainArgs) -> Result<()> {
+    if let Some(workers) = a.workers {
+        return cluster::run_local_cluster(a, workers).await;
+    }
     let mut job = Job::load(&a.config)?;
     if let Some(threads) = a.threads {
         job.spec.train.threads = threads;
@@ -134,7 +140,7 @@ async fn run_predict(a: PredictArgs) -> Result<()> {
 }
 
 /// Runs `work` on a dedicated OS thread (training never runs as an async task) and awaits it.
-async fn on_training_thread<T, F>(work: F) -> Result<T>
+pub(crate) async fn on_training_thread<T, F>(work: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::runtime::Handle) -> Result<T, funnel_worker::WorkerError> + Send + 'static,
@@ -224,12 +230,17 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
         std::fs::remove_dir_all(&output_dir)
             .with_context(|| format!("cannot clear {}", output_dir.display()))?;
     }
-    println!("[3/3] training {} on one worker", config.display());
+    println!(
+        "[3/3] training {} on {} worker processes",
+        config.display(),
+        a.workers
+    );
     run_train(TrainArgs {
         config: config.clone(),
         output: None,
         threads: None,
         no_progress: false,
+        workers: Some(a.workers),
     })
     .await?;
     println!(
@@ -256,8 +267,11 @@ fn write_config(path: &Path, data_url: &str, output_url: &str) -> Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: the local cluster pipes its children's logs into one stream.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

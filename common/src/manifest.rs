@@ -31,6 +31,10 @@ pub struct ObjectEntry {
     /// fetch.
     #[serde(skip)]
     pub metadata: ArrowReaderMetadata,
+    /// The footer as stored (Thrift bytes): the coordinator sends it to workers, which parse it
+    /// instead of fetching it again.
+    #[serde(skip)]
+    pub footer: bytes::Bytes,
 }
 
 impl ObjectEntry {
@@ -104,6 +108,17 @@ impl DatasetManifest {
             .await?;
         Ok(Self {
             url: prefix_url,
+            key: key.to_string(),
+            objects,
+            store,
+        })
+    }
+
+    /// A manifest from objects listed and parsed elsewhere (a worker, from the coordinator).
+    pub fn from_objects(url: &str, key: &str, objects: Vec<ObjectEntry>) -> Result<Self> {
+        let store = StoreUrl::open(url, key)?;
+        Ok(Self {
+            url: store.object_url(&store.prefix),
             key: key.to_string(),
             objects,
             store,
@@ -191,24 +206,46 @@ async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result
     if footer_len + 8 > tail.len() as u64 {
         tail = fetch(size - footer_len - 8..size).await?;
     }
-    let body = &tail[tail.len() - 8 - footer_len as usize..tail.len() - 8];
-    let parquet = ParquetMetaDataReader::decode_metadata(body)
-        .map_err(|e| corrupt(format!("corrupt footer: {e}")))?;
-    let metadata =
-        ArrowReaderMetadata::try_new(std::sync::Arc::new(parquet), ArrowReaderOptions::new())
-            .map_err(|e| corrupt(format!("footer schema cannot be read as Arrow: {e}")))?;
-    let row_groups = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .map(|rg| rg.num_rows().max(0) as u64)
-        .collect();
-    Ok(ObjectEntry {
-        path: meta.location.clone(),
-        url,
-        size,
-        etag: meta.e_tag,
-        row_groups,
-        metadata,
-    })
+    let body = tail.slice(tail.len() - 8 - footer_len as usize..tail.len() - 8);
+    ObjectEntry::from_footer(meta.location, url, size, meta.e_tag, body)
+}
+
+impl ObjectEntry {
+    /// An object from its footer bytes (as read by [`DatasetManifest::build`], or as received
+    /// from the coordinator), without touching the store.
+    pub fn from_footer(
+        path: Path,
+        url: String,
+        size: u64,
+        etag: Option<String>,
+        footer: bytes::Bytes,
+    ) -> Result<Self> {
+        let corrupt = |message: String| Error::Parquet {
+            location: Box::new(DataLocation {
+                object: url.clone(),
+                ..Default::default()
+            }),
+            message,
+        };
+        let parquet = ParquetMetaDataReader::decode_metadata(&footer)
+            .map_err(|e| corrupt(format!("corrupt footer: {e}")))?;
+        let metadata =
+            ArrowReaderMetadata::try_new(std::sync::Arc::new(parquet), ArrowReaderOptions::new())
+                .map_err(|e| corrupt(format!("footer schema cannot be read as Arrow: {e}")))?;
+        let row_groups = metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows().max(0) as u64)
+            .collect();
+        Ok(ObjectEntry {
+            path,
+            url,
+            size,
+            etag,
+            row_groups,
+            metadata,
+            footer,
+        })
+    }
 }

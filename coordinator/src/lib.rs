@@ -1,15 +1,28 @@
-//! The Funnel coordinator: membership, dataset manifest, epoch plans and leases, step commits,
-//! task weights and checkpoint commits (DESIGN.md §6).
+//! The Funnel coordinator (DESIGN §4-§6): membership, the dataset manifest, epoch plans and
+//! leases, the per-step commit vote and the ledger, the epoch barrier, job status.
 //!
-//! Modules: none yet. Issue 4 fills this crate; today the dataset manifest it will own is built by
-//! `funnel_common::manifest`, which `funnel validate` already uses.
+//! Every decision is a pure function or a pure state transition, tested on its own; the
+//! service only checks callers and waits:
+//! - [`plan`]: epoch plans (deterministic per seed and epoch) and round-robin lease ownership.
+//! - [`membership`]: registration, ranks, the generation, heartbeat expiry.
+//! - [`votes`]: rounds that complete when every member reported them (step commits, epochs).
+//! - [`ledger`]: committed cursors per lease.
+//! - [`state`]: the shared state and the long-poll wait on it.
+//! - [`service`]: the `funnel.v1.Coordinator` gRPC service.
+//! - [`wire`]: conversions to and from `funnel.v1` messages.
+//! - [`server`]: preparing a job (listing the data once) and serving it to the end.
+//! - [`error`]: [`CoordinatorError`] and its conversion to gRPC `Status`.
 
+pub mod error;
+pub mod ledger;
+pub mod membership;
+pub mod plan;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod votes;
+pub mod wire;
+
+pub use error::CoordinatorError;
 pub use funnel_common::manifest::DatasetManifest;
-
-/// Errors of the coordinator. Converted to gRPC `Status` in one place once the service exists.
-#[derive(Debug, thiserror::Error)]
-pub enum CoordinatorError {
-    /// A data-plane error (listing, footers, schema).
-    #[error(transparent)]
-    Data(#[from] funnel_common::Error),
-}
+pub use server::{JobOutcome, bind, prepare, serve};

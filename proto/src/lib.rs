@@ -7,6 +7,10 @@
 //!
 //! Modules:
 //! - [`v1`]: messages, `Coordinator` and `Peer` clients and servers.
+//! - [`auth`]: the job token every RPC of every service carries (the interceptors both sides
+//!   attach), kept beside the protocol so the coordinator and the workers share one check.
+
+pub mod auth;
 
 /// The protocol package version that every service carries.
 pub const PROTOCOL_PACKAGE: &str = "funnel.v1";

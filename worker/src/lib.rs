@@ -1,6 +1,6 @@
 //! The Funnel worker: the training step, evaluation, checkpoint contents and single-worker
-//! training (DESIGN §5, §7). Ring all-reduce and the coordinator client arrive with issue 4 and
-//! sit between [`trainer::Trainer::compute`] and [`trainer::Trainer::apply`].
+//! training (DESIGN §5, §7), and the distributed worker: the ring all-reduce and the step vote sit
+//! between [`trainer::Trainer::compute`] and [`trainer::Trainer::apply`].
 //!
 //! Map of modules:
 //! - [`trainer`]: one worker's model (host embeddings + burn towers + optimizers) and its step.
@@ -10,10 +10,13 @@
 //! - [`local`]: `funnel train` on one worker: epochs, eval, metrics.jsonl, checkpoints, resume.
 //! - [`predict`]: `funnel predict`: a checkpoint's probabilities for every row of a dataset.
 //! - [`threads`]: sizing the compute pool.
+//! - [`cluster`]: `funnel worker`: a member of a distributed job (coordinator client, leases,
+//!   the step's all-reduce buffer, the distributed step loop).
 //! - [`ring`]: ring all-reduce of the dense buffer and the sparse-gradient exchange, written once
 //!   against a small transport trait; an in-memory transport.
 //! - [`transport`]: the ring over gRPC (the `funnel.v1.Peer` service) with the job token.
 
+pub mod cluster;
 pub mod evaluate;
 pub mod local;
 pub mod predict;
@@ -40,6 +43,9 @@ pub enum WorkerError {
     /// A ring exchange failed (a peer, a link, a refused call).
     #[error(transparent)]
     Ring(#[from] ring::RingError),
+    /// The coordinator refused a call or cannot be reached (the call is named).
+    #[error("coordinator: {0}")]
+    Coordinator(String),
     /// An internal step failed (serialisation, a channel).
     #[error("internal error: {0}")]
     Internal(String),

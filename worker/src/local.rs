@@ -147,7 +147,7 @@ pub fn train_local(
 }
 
 /// trainer.json of a model that has not trained yet.
-fn fresh_state(trainer: &Trainer) -> TrainerState {
+pub(crate) fn fresh_state(trainer: &Trainer) -> TrainerState {
     let job = trainer.job();
     TrainerState {
         format: TRAINER_STATE_FORMAT,
@@ -165,7 +165,7 @@ fn fresh_state(trainer: &Trainer) -> TrainerState {
     }
 }
 
-fn target_names(trainer: &Trainer) -> Vec<String> {
+pub(crate) fn target_names(trainer: &Trainer) -> Vec<String> {
     trainer
         .job()
         .funnel
@@ -176,14 +176,14 @@ fn target_names(trainer: &Trainer) -> Vec<String> {
 
 /// What one epoch of training measured.
 #[derive(Debug, Clone, Default)]
-struct EpochTraining {
-    rows: u64,
-    steps: u64,
-    seconds: f64,
+pub(crate) struct EpochTraining {
+    pub(crate) rows: u64,
+    pub(crate) steps: u64,
+    pub(crate) seconds: f64,
     /// Row-weighted sums of the weighted loss and of each task's loss.
-    loss_sum: f64,
-    task_loss_sums: Vec<f64>,
-    decode: DecodeStats,
+    pub(crate) loss_sum: f64,
+    pub(crate) task_loss_sums: Vec<f64>,
+    pub(crate) decode: DecodeStats,
 }
 
 fn train_epoch(
@@ -273,7 +273,7 @@ fn train_epoch(
     Ok(out)
 }
 
-fn progress_bar(show: bool, rows: u64, epoch: u64, epochs: usize) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, rows: u64, epoch: u64, epochs: usize) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -290,7 +290,7 @@ fn progress_bar(show: bool, rows: u64, epoch: u64, epochs: usize) -> ProgressBar
 }
 
 /// One `metrics.jsonl` line.
-fn epoch_record(
+pub(crate) fn epoch_record(
     trainer: &Trainer,
     state: &TrainerState,
     t: &EpochTraining,
@@ -326,7 +326,7 @@ fn epoch_record(
 }
 
 /// The epoch's table on stdout.
-fn print_epoch(r: &serde_json::Value) {
+pub(crate) fn print_epoch(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
     let train = &r["train"];
     println!(
@@ -364,7 +364,7 @@ fn print_epoch(r: &serde_json::Value) {
 
 /// Rewrites `<output>/metrics.jsonl` with every epoch so far (object stores cannot append; the
 /// history lives in trainer.json, so a resumed run rewrites the same lines).
-fn write_metrics(
+pub(crate) fn write_metrics(
     output: &str,
     history: &[serde_json::Value],
     runtime: &Handle,

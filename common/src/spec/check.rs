@@ -55,10 +55,44 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
         ("data.read_batch_rows", spec.data.read_batch_rows),
         ("train.batch_size", spec.train.batch_size),
         ("train.epochs", spec.train.epochs),
+        ("cluster.workers", spec.cluster.workers),
+        ("cluster.chunk_values", spec.cluster.chunk_values),
     ] {
         if v == 0 {
             push(key.into(), "must be at least 1".into());
         }
+    }
+
+    for (key, v) in [
+        (
+            "cluster.heartbeat_interval_ms",
+            spec.cluster.heartbeat_interval_ms,
+        ),
+        (
+            "cluster.heartbeat_timeout_ms",
+            spec.cluster.heartbeat_timeout_ms,
+        ),
+        ("cluster.step_timeout_ms", spec.cluster.step_timeout_ms),
+        ("cluster.join_timeout_ms", spec.cluster.join_timeout_ms),
+    ] {
+        if v == 0 {
+            push(key.into(), "must be at least 1".into());
+        }
+    }
+    if spec.cluster.heartbeat_timeout_ms <= spec.cluster.heartbeat_interval_ms {
+        push(
+            "cluster.heartbeat_timeout_ms".into(),
+            "must be longer than cluster.heartbeat_interval_ms".into(),
+        );
+    }
+    if spec.train.batch_size < spec.cluster.workers {
+        push(
+            "train.batch_size".into(),
+            format!(
+                "the global batch ({}) must give every one of the {} workers at least one row",
+                spec.train.batch_size, spec.cluster.workers
+            ),
+        );
     }
 
     // Every feature column once; tables shared only between features of one shape.

@@ -34,6 +34,9 @@ pub struct JobSpec {
     /// Batch size, epochs, seed, threads.
     #[serde(default)]
     pub train: TrainSpec,
+    /// Coordinator and workers: ring size, heartbeats, timeouts.
+    #[serde(default)]
+    pub cluster: ClusterSpec,
 }
 
 fn default_name() -> String {
@@ -454,4 +457,62 @@ fn default_epochs() -> usize {
 }
 fn default_seed() -> u64 {
     42
+}
+
+/// `[cluster]`: the coordinator and its workers (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Workers in the ring (`--workers` on the command line overrides it).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Milliseconds between two heartbeats of a worker.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this many milliseconds is declared dead (the job fails until
+    /// failure recovery lands).
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    /// Longest wait, in milliseconds, for one ring message or one step vote.
+    #[serde(default = "default_step_timeout_ms")]
+    pub step_timeout_ms: u64,
+    /// How long, in milliseconds, the coordinator waits for every worker to register, and a
+    /// worker waits at the epoch barrier (rank 0 evaluates and checkpoints meanwhile).
+    #[serde(default = "default_join_timeout_ms")]
+    pub join_timeout_ms: u64,
+    /// f32 values per all-reduce chunk: a rank forwards one chunk while the next arrives.
+    #[serde(default = "default_chunk_values")]
+    pub chunk_values: usize,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            step_timeout_ms: default_step_timeout_ms(),
+            join_timeout_ms: default_join_timeout_ms(),
+            chunk_values: default_chunk_values(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    1
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    1_000
+}
+fn default_heartbeat_timeout_ms() -> u64 {
+    10_000
+}
+fn default_step_timeout_ms() -> u64 {
+    120_000
+}
+fn default_join_timeout_ms() -> u64 {
+    600_000
+}
+fn default_chunk_values() -> usize {
+    65_536
 }

@@ -10,7 +10,7 @@
 //! - [`client`]: connecting and [`GrpcSender`].
 //! - [`wire`]: conversions between generated messages and ring types; ring errors as statuses.
 
-pub mod auth;
+pub use funnel_proto::auth;
 pub mod client;
 pub mod server;
 pub mod wire;

@@ -47,10 +47,18 @@ struct Inbox {
 
 type Shared = Arc<Mutex<Inbox>>;
 
+/// Bumped whenever the node opens a generation, so a stream that arrived first can wait for it.
+type Opened = Arc<tokio::sync::watch::Sender<u64>>;
+
+/// How long a stream of a generation this rank has not opened yet waits for it: the ranks of a
+/// new ring learn of it at nearly the same moment, but a neighbour may connect first.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A rank's running `Peer` server. Dropping it stops the server.
 pub struct PeerNode {
     addr: SocketAddr,
     inbox: Shared,
+    opened: Opened,
     _stop: oneshot::Sender<()>,
 }
 
@@ -61,8 +69,10 @@ impl PeerNode {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let inbox = Shared::default();
+        let opened: Opened = Arc::new(tokio::sync::watch::channel(0).0);
         let service = PeerServer::new(PeerService {
             inbox: inbox.clone(),
+            opened: opened.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let service = tonic_interceptor(service, token);
@@ -81,6 +91,7 @@ impl PeerNode {
         Ok(Self {
             addr,
             inbox,
+            opened,
             _stop: stop,
         })
     }
@@ -98,11 +109,15 @@ impl PeerNode {
         left: PeerId,
         capacity: usize,
     ) -> (GrpcReceiver<Chunk>, GrpcReceiver<SparseBlock>) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            open_slot(&mut inbox.chunks, generation, &left, capacity),
-            open_slot(&mut inbox.sparse, generation, &left, capacity),
-        )
+        let receivers = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                open_slot(&mut inbox.chunks, generation, &left, capacity),
+                open_slot(&mut inbox.sparse, generation, &left, capacity),
+            )
+        };
+        self.opened.send_modify(|v| *v += 1);
+        receivers
     }
 }
 
@@ -151,6 +166,7 @@ impl<M: Send> RingRecv<M> for GrpcReceiver<M> {
 
 struct PeerService {
     inbox: Shared,
+    opened: Opened,
 }
 
 #[tonic::async_trait]
@@ -167,6 +183,7 @@ impl Peer for PeerService {
         tokio::spawn(forward(
             request.into_inner(),
             inbox,
+            self.opened.subscribe(),
             |i| &i.chunks,
             resp,
             |n| pb::AllReduceAck { chunks_received: n },
@@ -183,6 +200,7 @@ impl Peer for PeerService {
         tokio::spawn(forward(
             request.into_inner(),
             inbox,
+            self.opened.subscribe(),
             |i| &i.sparse,
             resp,
             |n| pb::SparseAck { blocks_received: n },
@@ -195,6 +213,7 @@ impl Peer for PeerService {
 async fn forward<M: Wire, A>(
     mut stream: Streaming<M::Pb>,
     inbox: Shared,
+    mut opened: tokio::sync::watch::Receiver<u64>,
     slot: fn(&Inbox) -> &Slot<M>,
     resp: mpsc::Sender<Result<A, Status>>,
     ack: fn(u64) -> A,
@@ -202,9 +221,23 @@ async fn forward<M: Wire, A>(
     let Ok(Some(mut msg)) = stream.message().await else {
         return;
     };
-    let route = {
-        let inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
-        check_route::<M>(slot(&inbox), &msg)
+    let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+    let route = loop {
+        let route = {
+            let inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
+            check_route::<M>(slot(&inbox), &msg)
+        };
+        match route {
+            Err(Wait::NotYetOpen(status)) => {
+                // A generation ahead of this rank's: wait for the node to open it.
+                match tokio::time::timeout_at(deadline, opened.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => break Err(status),
+                }
+            }
+            Err(Wait::Refused(status)) => break Err(status),
+            Ok(route) => break Ok(route),
+        }
     };
     let (tx, left) = match route {
         Ok(route) => route,
@@ -245,32 +278,44 @@ async fn forward<M: Wire, A>(
 
 type Route<M> = (mpsc::Sender<Result<M, RingError>>, PeerId);
 
+/// Why a stream has no route yet.
+enum Wait {
+    /// Its generation is ahead of this rank's: it may open shortly.
+    NotYetOpen(Status),
+    /// It cannot be routed (stale generation, wrong sender, no header).
+    Refused(Status),
+}
+
 /// Whether the stream that starts with `first` belongs to this rank's current generation and
 /// comes from its left-hand neighbour.
-fn check_route<M: Wire>(slot: &Slot<M>, first: &M::Pb) -> Result<Route<M>, Status> {
+fn check_route<M: Wire>(slot: &Slot<M>, first: &M::Pb) -> Result<Route<M>, Wait> {
     let Some((generation, rank)) = M::origin(first) else {
-        return Err(Status::invalid_argument("first message without a header"));
+        return Err(Wait::Refused(Status::invalid_argument(
+            "first message without a header",
+        )));
     };
     let (Some(tx), Some(left)) = (&slot.tx, &slot.left) else {
-        return Err(Status::failed_precondition(format!(
+        return Err(Wait::NotYetOpen(Status::failed_precondition(format!(
             "generation {generation}: this rank has no open generation"
-        )));
+        ))));
     };
     if generation != slot.generation {
-        let age = if generation < slot.generation {
-            "stale"
-        } else {
-            "future"
+        let status = |age: &str| {
+            Status::failed_precondition(format!(
+                "{age} generation {generation}; this rank is in generation {}",
+                slot.generation
+            ))
         };
-        return Err(Status::failed_precondition(format!(
-            "{age} generation {generation}; this rank is in generation {}",
-            slot.generation
-        )));
+        return Err(if generation < slot.generation {
+            Wait::Refused(status("stale"))
+        } else {
+            Wait::NotYetOpen(status("future"))
+        });
     }
     if rank as usize != left.rank {
-        return Err(Status::failed_precondition(format!(
+        return Err(Wait::Refused(Status::failed_precondition(format!(
             "rank {rank} is not this rank's left neighbour ({left}) in generation {generation}"
-        )));
+        ))));
     }
     Ok((tx.clone(), left.clone()))
 }

@@ -33,6 +33,29 @@ impl JobToken {
         })
     }
 
+    /// The token of a process: the file named by `file` when given, else the environment
+    /// variable `env_var`. The error names where it looked, never the token.
+    pub fn load(file: Option<&std::path::Path>, env_var: &str) -> Result<Self, String> {
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("job token file {}: {e}", path.display()))?;
+                Self::new(&text).map_err(|e| format!("job token file {}: {e}", path.display()))
+            }
+            None => match std::env::var(env_var) {
+                Ok(text) => Self::new(&text).map_err(|e| format!("${env_var}: {e}")),
+                Err(_) => Err(format!(
+                    "no job token: pass --token-file PATH or set ${env_var}"
+                )),
+            },
+        }
+    }
+
+    /// The token's text, to hand to a child process (the local launcher); never log it.
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
     fn digest(bytes: &[u8]) -> [u8; 32] {
         Sha256::digest(bytes).into()
     }

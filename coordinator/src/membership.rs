@@ -1,0 +1,220 @@
+//! Who is in the job (DESIGN §6): registration, ranks, the generation, heartbeat expiry. Pure
+//! state transitions over an explicit clock (milliseconds since the coordinator started), so the
+//! tests need no sleeps.
+//!
+//! This issue keeps membership static: the ring of generation 1 forms when the configured
+//! number of workers has registered, and a worker that misses its heartbeats fails the job
+//! (every survivor is told to stop). Re-forming the ring from survivors is issue 6; the
+//! generation number already travels on every message so that it can.
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Id the coordinator gave it (`w<rank>`).
+    pub id: String,
+    /// Its own description (host, pid), for logs.
+    pub name: String,
+    /// Where its `Peer` service listens.
+    pub peer_addr: String,
+    /// Its place in the ring.
+    pub rank: usize,
+    /// Clock of its last heartbeat (or registration).
+    pub last_seen_ms: u64,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    /// The worker loaded another config.
+    #[error("config hash {got:#018x} differs from the coordinator's {expected:#018x}")]
+    Config {
+        /// Sent by the worker.
+        got: u64,
+        /// The coordinator's.
+        expected: u64,
+    },
+    /// The worker's model has another parameter layout than the first member's.
+    #[error("model layout hash {got:#018x} differs from the ring's {expected:#018x}")]
+    Layout {
+        /// Sent by the worker.
+        got: u64,
+        /// The ring's.
+        expected: u64,
+    },
+    /// The ring is complete.
+    #[error("the job already has its {0} workers")]
+    Full(usize),
+}
+
+/// The membership of the job.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    expected: usize,
+    config_hash: u64,
+    layout_hash: Option<u64>,
+    members: Vec<Member>,
+    generation: u64,
+}
+
+impl Membership {
+    /// Waits for `expected` workers running the config of `config_hash`.
+    pub fn new(expected: usize, config_hash: u64) -> Self {
+        Self {
+            expected: expected.max(1),
+            config_hash,
+            layout_hash: None,
+            members: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// Adds a worker; ranks follow registration order. The ring (generation 1) forms when the
+    /// last expected worker registers.
+    pub fn register(
+        &mut self,
+        name: &str,
+        peer_addr: &str,
+        config_hash: u64,
+        layout_hash: u64,
+        now_ms: u64,
+    ) -> Result<Member, JoinRefusal> {
+        if config_hash != self.config_hash {
+            return Err(JoinRefusal::Config {
+                got: config_hash,
+                expected: self.config_hash,
+            });
+        }
+        if let Some(expected) = self.layout_hash
+            && expected != layout_hash
+        {
+            return Err(JoinRefusal::Layout {
+                got: layout_hash,
+                expected,
+            });
+        }
+        if self.members.len() >= self.expected {
+            return Err(JoinRefusal::Full(self.expected));
+        }
+        self.layout_hash = Some(layout_hash);
+        let rank = self.members.len();
+        let member = Member {
+            id: format!("w{rank}"),
+            name: name.to_string(),
+            peer_addr: peer_addr.to_string(),
+            rank,
+            last_seen_ms: now_ms,
+        };
+        self.members.push(member.clone());
+        if self.members.len() == self.expected {
+            self.generation = 1;
+        }
+        Ok(member)
+    }
+
+    /// The current generation: 0 while the ring is incomplete.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The model layout every member shares (once one has registered).
+    pub fn layout_hash(&self) -> Option<u64> {
+        self.layout_hash
+    }
+
+    /// Members in rank order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Workers the ring needs.
+    pub fn expected(&self) -> usize {
+        self.expected
+    }
+
+    /// The member with `id`.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Records a heartbeat; false for an unknown worker.
+    pub fn heartbeat(&mut self, id: &str, now_ms: u64) -> bool {
+        match self.members.iter_mut().find(|m| m.id == id) {
+            Some(m) => {
+                m.last_seen_ms = m.last_seen_ms.max(now_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Members silent for longer than `timeout_ms` at `now_ms`.
+    pub fn expired(&self, now_ms: u64, timeout_ms: u64) -> Vec<&Member> {
+        self.members
+            .iter()
+            .filter(|m| is_expired(m.last_seen_ms, now_ms, timeout_ms))
+            .collect()
+    }
+}
+
+/// Whether a member last seen at `last_seen_ms` is dead at `now_ms`.
+pub fn is_expired(last_seen_ms: u64, now_ms: u64, timeout_ms: u64) -> bool {
+    now_ms.saturating_sub(last_seen_ms) > timeout_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_forms_when_the_last_worker_registers() {
+        let mut m = Membership::new(3, 11);
+        let a = m.register("a", "127.0.0.1:1", 11, 5, 0).expect("joins");
+        assert_eq!((a.rank, a.id.as_str(), m.generation()), (0, "w0", 0));
+        m.register("b", "127.0.0.1:2", 11, 5, 1).expect("joins");
+        assert_eq!(m.generation(), 0);
+        let c = m.register("c", "127.0.0.1:3", 11, 5, 2).expect("joins");
+        assert_eq!((c.rank, m.generation()), (2, 1));
+        assert_eq!(m.register("d", "x", 11, 5, 3), Err(JoinRefusal::Full(3)));
+    }
+
+    #[test]
+    fn wrong_config_or_layout_is_refused() {
+        let mut m = Membership::new(2, 11);
+        assert!(matches!(
+            m.register("a", "x", 12, 5, 0),
+            Err(JoinRefusal::Config {
+                got: 12,
+                expected: 11
+            })
+        ));
+        m.register("a", "x", 11, 5, 0).expect("joins");
+        assert!(matches!(
+            m.register("b", "y", 11, 6, 0),
+            Err(JoinRefusal::Layout {
+                got: 6,
+                expected: 5
+            })
+        ));
+        assert_eq!(m.members().len(), 1);
+    }
+
+    #[test]
+    fn silence_past_the_timeout_expires_a_member() {
+        let mut m = Membership::new(2, 1);
+        m.register("a", "x", 1, 1, 0).expect("joins");
+        m.register("b", "y", 1, 1, 0).expect("joins");
+        assert!(m.heartbeat("w0", 900));
+        assert!(!m.heartbeat("w9", 900));
+        assert!(m.expired(1000, 1000).is_empty());
+        let dead: Vec<&str> = m
+            .expired(1001, 1000)
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(dead, ["w1"]);
+        assert!(
+            !is_expired(5, 3, 1),
+            "a clock behind the last beat is not expiry"
+        );
+    }
+}

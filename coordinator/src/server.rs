@@ -1,0 +1,170 @@
+//! Running a coordinator: load the job, list the data once, serve `funnel.v1.Coordinator` with
+//! the job token, watch heartbeats, and end when the last epoch completes (Ok) or the job fails
+//! (Err, with the reason).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use funnel_common::columns::DecodePlan;
+use funnel_common::manifest::DatasetManifest;
+use funnel_common::spec::{Job, JobSpec};
+use funnel_proto::auth::JobToken;
+use funnel_proto::v1::coordinator_server::CoordinatorServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, info_span};
+
+use crate::error::CoordinatorError;
+use crate::service::CoordinatorService;
+use crate::state::{JobContext, Shared};
+
+/// How a finished job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// Epochs completed.
+    pub epochs: u32,
+    /// Last committed step.
+    pub step: u64,
+    /// The last checkpoint a worker committed.
+    pub checkpoint: Option<String>,
+}
+
+/// The job context: the spec with `workers` applied, its text and hash, the data listed once.
+pub async fn prepare(
+    spec: JobSpec,
+    origin: &str,
+    output: String,
+) -> Result<JobContext, CoordinatorError> {
+    let spec_toml = toml::to_string(&spec)
+        .map_err(|e| CoordinatorError::Invalid(format!("job spec cannot be serialised: {e}")))?;
+    // Checked again from the text the workers will receive, so both sides parse the same thing.
+    let job = Arc::new(Job::parse(&spec_toml, origin)?);
+    let config_hash = xxhash_rust::xxh64::xxh64(spec_toml.as_bytes(), 0);
+    let plan = DecodePlan::new(&job);
+    let data = &job.spec.data;
+    let train = DatasetManifest::build(&data.train, "data.train", data.io_concurrency).await?;
+    train.check_schema(&plan)?;
+    let eval = match &data.eval {
+        Some(url) => {
+            let m = DatasetManifest::build(url, "data.eval", data.io_concurrency).await?;
+            m.check_schema(&plan)?;
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
+    info!(
+        objects = train.objects.len(),
+        row_groups = train.total_row_groups(),
+        rows = train.total_rows(),
+        "training data listed"
+    );
+    Ok(JobContext {
+        job,
+        spec_toml,
+        config_hash,
+        output,
+        train: Arc::new(train),
+        eval,
+    })
+}
+
+/// Binds `listen` (port 0 = ephemeral); the bound address is known before serving.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| CoordinatorError::Server(format!("cannot listen on {listen}: {e}")))
+}
+
+/// Serves the job on `listener` until it completes or fails.
+pub async fn serve(
+    ctx: JobContext,
+    weights: Vec<f32>,
+    listener: TcpListener,
+    token: &JobToken,
+) -> Result<JobOutcome, CoordinatorError> {
+    let span = info_span!("coordinator", job = %ctx.job.spec.name);
+    let _span = span.enter();
+    let cluster = ctx.job.spec.cluster.clone();
+    let shared = Shared::new(ctx, weights);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        CoordinatorServer::new(CoordinatorService::new(shared.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20),
+        token.checker("funnel.v1.Coordinator"),
+    );
+
+    let watchdog = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(cluster.heartbeat_interval_ms.max(10) / 2 + 1);
+            loop {
+                tokio::time::sleep(every).await;
+                let dead: Vec<String> = {
+                    let st = shared.lock();
+                    if st.failed.is_some() || st.done {
+                        return;
+                    }
+                    if st.membership.generation() == 0 {
+                        continue;
+                    }
+                    st.membership
+                        .expired(shared.now_ms(), cluster.heartbeat_timeout_ms)
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{} (rank {}, {}, peer {})",
+                                m.id, m.rank, m.name, m.peer_addr
+                            )
+                        })
+                        .collect()
+                };
+                if !dead.is_empty() {
+                    shared.fail(format!(
+                        "no heartbeat for {} ms from {}",
+                        cluster.heartbeat_timeout_ms,
+                        dead.join(", ")
+                    ));
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut changes = shared.subscribe();
+    let finished = {
+        let shared = shared.clone();
+        async move {
+            loop {
+                {
+                    let st = shared.lock();
+                    if st.failed.is_some() || st.done {
+                        break;
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+            // Let the last answers (the final epoch barrier, heartbeats saying shutdown) reach
+            // the workers before the listener closes; graceful shutdown then waits for calls in
+            // flight.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), finished)
+        .await;
+    watchdog.abort();
+    served.map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    let st = shared.lock();
+    if let Some(reason) = &st.failed {
+        return Err(CoordinatorError::JobFailed(reason.clone()));
+    }
+    Ok(JobOutcome {
+        epochs: st.epoch,
+        step: st.ledger.committed_step().unwrap_or(0),
+        checkpoint: st.checkpoint.clone(),
+    })
+}

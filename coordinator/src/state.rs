@@ -1,0 +1,186 @@
+//! The coordinator's state behind one lock, and the wait for a condition on it: every change
+//! bumps a version on a `watch` channel, so a long-polling call (register until the ring forms,
+//! a step vote, the epoch barrier) rechecks its condition after each change without racing it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use funnel_common::manifest::DatasetManifest;
+use funnel_common::spec::Job;
+use tokio::sync::watch;
+
+use crate::error::CoordinatorError;
+use crate::ledger::Ledger;
+use crate::membership::Membership;
+use crate::plan::{PlannedLease, epoch_plan};
+use crate::votes::RoundVotes;
+
+/// What a worker reports at the end of an epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochReport {
+    /// Per task: (loss sum, samples).
+    pub losses: Vec<(String, f64, u64)>,
+    /// The checkpoint the reporting rank committed, if it wrote one.
+    pub checkpoint: Option<String>,
+}
+
+/// Everything the coordinator decides from.
+#[derive(Debug)]
+pub struct State {
+    /// Who is in the ring.
+    pub membership: Membership,
+    /// The per-step commit vote; the payload is the (lease, cursor) list of each worker.
+    pub steps: RoundVotes<Vec<(u64, u64)>>,
+    /// The epoch barrier.
+    pub epochs: RoundVotes<EpochReport>,
+    /// Committed cursors.
+    pub ledger: Ledger,
+    /// Plans computed so far, per epoch.
+    pub plans: HashMap<u32, Arc<Vec<PlannedLease>>>,
+    /// Leases handed out per (epoch, rank).
+    pub served: HashMap<(u32, usize), usize>,
+    /// Task weights in the job's target order.
+    pub weights: Vec<f32>,
+    /// The epoch in progress (epochs completed).
+    pub epoch: u32,
+    /// The last checkpoint a worker committed.
+    pub checkpoint: Option<String>,
+    /// Set when the job cannot go on; every call answers with it.
+    pub failed: Option<String>,
+    /// Set when the last epoch completed.
+    pub done: bool,
+}
+
+/// The job as the coordinator serves it.
+#[derive(Debug)]
+pub struct JobContext {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The spec text the workers receive (TOML, with command-line overrides applied).
+    pub spec_toml: String,
+    /// Its hash.
+    pub config_hash: u64,
+    /// Where checkpoints and metrics go.
+    pub output: String,
+    /// The training data, listed and footers read once.
+    pub train: Arc<DatasetManifest>,
+    /// The evaluation data, if any.
+    pub eval: Option<Arc<DatasetManifest>>,
+}
+
+/// State shared by the service and the watchdog.
+#[derive(Debug)]
+pub struct Shared {
+    /// The job.
+    pub ctx: JobContext,
+    state: Mutex<State>,
+    version: watch::Sender<u64>,
+    started: Instant,
+}
+
+impl Shared {
+    /// Fresh state for `ctx` with `weights` as the initial task weights.
+    pub fn new(ctx: JobContext, weights: Vec<f32>) -> Arc<Self> {
+        let workers = ctx.job.spec.cluster.workers;
+        let state = State {
+            membership: Membership::new(workers, ctx.config_hash),
+            steps: RoundVotes::new(workers),
+            epochs: RoundVotes::new(workers),
+            ledger: Ledger::default(),
+            plans: HashMap::new(),
+            served: HashMap::new(),
+            weights,
+            epoch: 0,
+            checkpoint: None,
+            failed: None,
+            done: false,
+        };
+        Arc::new(Self {
+            ctx,
+            state: Mutex::new(state),
+            version: watch::channel(0).0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Milliseconds since the coordinator started (the membership clock).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The state, locked. A panic elsewhere cannot poison it for good: the data stays usable.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every waiting call to recheck its condition.
+    pub fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Marks the job failed (first reason wins) and wakes everyone.
+    pub fn fail(&self, reason: String) {
+        {
+            let mut st = self.lock();
+            if st.failed.is_none() && !st.done {
+                tracing::error!(reason = %reason, "job failed");
+                st.failed = Some(reason);
+            }
+        }
+        self.changed();
+    }
+
+    /// A receiver of change notifications (to wait for the job's end).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Waits until `check` returns a result, the job fails, or `limit` passes (`what` names the
+    /// wait in the timeout error).
+    pub async fn wait_for<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, CoordinatorError> {
+        let mut rx = self.version.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(reason) = &st.failed {
+                    return Err(CoordinatorError::JobFailed(reason.clone()));
+                }
+                if let Some(v) = check(&mut st) {
+                    return Ok(v);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CoordinatorError::Server("shutting down".into())),
+                Err(_) => {
+                    return Err(CoordinatorError::Timeout(format!(
+                        "{what} after {} ms",
+                        limit.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The plan of `epoch` (computed once).
+    pub fn plan(&self, st: &mut State, epoch: u32) -> Arc<Vec<PlannedLease>> {
+        let ctx = &self.ctx;
+        st.plans
+            .entry(epoch)
+            .or_insert_with(|| {
+                Arc::new(epoch_plan(
+                    &ctx.train.row_group_shards(),
+                    ctx.job.spec.train.seed,
+                    epoch,
+                ))
+            })
+            .clone()
+    }
+}

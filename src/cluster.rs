@@ -1,0 +1,210 @@
+//! `funnel coordinator`, `funnel worker`, and `funnel train --workers N`: the local cluster
+//! launcher that runs one coordinator and N workers of this same binary on 127.0.0.1 ephemeral
+//! ports, with a fresh job token, their output prefixed in one stream, and a non-zero exit if
+//! any process fails (the others are then stopped).
+
+use crate::args::{CoordinatorArgs, TrainArgs, WorkerArgs};
+use anyhow::{Context, Result, bail};
+use funnel_common::spec::Job;
+use funnel_common::store::StoreUrl;
+use funnel_proto::auth::JobToken;
+use funnel_worker::cluster::WorkerOptions;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The environment variable that carries the job token.
+pub const TOKEN_ENV: &str = "FUNNEL_JOB_TOKEN";
+
+/// What the coordinator prints once it listens (the launcher reads the address from it).
+const LISTENING: &str = "coordinator listening on ";
+
+pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
+    let token = JobToken::load(a.token_file.as_deref(), TOKEN_ENV).map_err(anyhow::Error::msg)?;
+    let mut job = Job::load(&a.config)?;
+    if let Some(w) = a.workers {
+        job.spec.cluster.workers = w;
+    }
+    let output = match a.output.or_else(|| job.spec.output.clone()) {
+        Some(o) => StoreUrl::open(&o, "output")?.url.to_string(),
+        None => bail!(
+            "{}: no output: set `output` in the spec or pass --output",
+            a.config.display()
+        ),
+    };
+    let origin = a.config.display().to_string();
+    let weights = funnel_worker::trainer::initial_weights(&job)?;
+    let ctx = funnel_coordinator::prepare(job.spec, &origin, output).await?;
+    let listener = funnel_coordinator::bind(a.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("{LISTENING}{addr}");
+    let outcome = funnel_coordinator::serve(ctx, weights, listener, &token).await?;
+    println!(
+        "job done: {} epochs, {} steps; last checkpoint {}",
+        outcome.epochs,
+        outcome.step,
+        outcome.checkpoint.as_deref().unwrap_or("-")
+    );
+    Ok(())
+}
+
+pub async fn run_worker(a: WorkerArgs) -> Result<()> {
+    let token = JobToken::load(a.token_file.as_deref(), TOKEN_ENV).map_err(anyhow::Error::msg)?;
+    let opts = WorkerOptions {
+        coordinator: a.coordinator,
+        token,
+        listen: a.listen,
+        advertise: a.advertise,
+        threads: a.threads,
+        progress: !a.no_progress,
+        name: a.name.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+            format!("{host}/{}", std::process::id())
+        }),
+    };
+    let summary = crate::on_training_thread(move |runtime| {
+        funnel_worker::cluster::run_worker(&opts, &runtime)
+    })
+    .await?;
+    if let Some(url) = &summary.checkpoint {
+        println!(
+            "trained to epoch {} ({} steps); last checkpoint {url}",
+            summary.epochs, summary.steps
+        );
+    }
+    Ok(())
+}
+
+/// A fresh random job token for a local cluster.
+fn fresh_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the job token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Copies `child`'s stdout and stderr to ours, each line prefixed with `name`.
+fn forward(child: &mut Child, name: String) {
+    if let Some(out) = child.stdout.take() {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                println!("[{name}] {l}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("[{name}] {l}");
+            }
+        });
+    }
+}
+
+pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the funnel binary")?;
+    let token = fresh_token()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Workers share the machine: split the cores unless the user chose.
+    let threads = a.threads.unwrap_or((cores / workers).max(1));
+
+    let mut coordinator = Command::new(&exe);
+    coordinator
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--workers"])
+        .arg(workers.to_string())
+        .arg("--config")
+        .arg(&a.config)
+        .env(TOKEN_ENV, &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(o) = &a.output {
+        coordinator.arg("--output").arg(o);
+    }
+    let mut coordinator = coordinator
+        .spawn()
+        .context("cannot start the coordinator")?;
+    let mut out = BufReader::new(coordinator.stdout.take().context("coordinator stdout")?).lines();
+    let addr = loop {
+        match out.next_line().await? {
+            Some(l) => match l.strip_prefix(LISTENING) {
+                Some(addr) => break addr.to_string(),
+                None => println!("[coordinator] {l}"),
+            },
+            None => {
+                let status = coordinator.wait().await?;
+                // Its stderr says why; show it before failing.
+                if let Some(err) = coordinator.stderr.take() {
+                    let mut lines = BufReader::new(err).lines();
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        eprintln!("[coordinator] {l}");
+                    }
+                }
+                bail!("the coordinator exited before listening ({status})");
+            }
+        }
+    };
+    coordinator.stdout = Some(out.into_inner().into_inner());
+    forward(&mut coordinator, "coordinator".into());
+    println!("local cluster: coordinator at {addr}, {workers} workers x {threads} compute threads");
+
+    let mut children = Vec::new();
+    for rank in 0..workers {
+        let mut w = Command::new(&exe);
+        w.args(["worker", "--listen", "127.0.0.1:0", "--no-progress"])
+            .arg("--coordinator")
+            .arg(format!("http://{addr}"))
+            .arg("--threads")
+            .arg(threads.to_string())
+            .arg("--name")
+            .arg(format!("local-{rank}"))
+            .env(TOKEN_ENV, &token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // Ranks follow registration order, so the name is the launch order, not the rank.
+        let name = format!("local-{rank}");
+        let mut child = w
+            .spawn()
+            .with_context(|| format!("cannot start worker {name}"))?;
+        forward(&mut child, name.clone());
+        children.push((format!("worker {name}"), child));
+    }
+    children.push(("coordinator".to_string(), coordinator));
+
+    // Wait for all; the first failure stops the rest (kill_on_drop) and fails the run.
+    let mut pending: Vec<_> = children
+        .into_iter()
+        .map(|(name, mut child)| {
+            Box::pin(async move {
+                let status = child.wait().await;
+                (name, status, child)
+            })
+        })
+        .collect();
+    while !pending.is_empty() {
+        let ((name, status, _child), _, rest) = futures_select(pending).await;
+        pending = rest;
+        let status = status.with_context(|| format!("waiting for {name}"))?;
+        if !status.success() {
+            bail!("{name} failed ({status}); the local cluster is stopped");
+        }
+    }
+    println!("local cluster: all {workers} workers and the coordinator exited cleanly");
+    Ok(())
+}
+
+/// The first of `futures` to finish, its index, and the others.
+async fn futures_select<F: std::future::Future + Unpin>(
+    futures: Vec<F>,
+) -> (F::Output, usize, Vec<F>) {
+    futures::future::select_all(futures).await
+}

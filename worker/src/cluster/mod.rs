@@ -1,0 +1,205 @@
+//! `funnel worker`: one member of a distributed job (DESIGN §5). It fetches the job from the
+//! coordinator, starts its `Peer` server, registers, opens its ring links, and trains epoch by
+//! epoch on the calling (training) thread; I/O, heartbeats and the ring run on the runtime.
+//!
+//! - [`coordinator`]: the coordinator client and the job it serves.
+//! - [`leases`]: leases to batches, with ledger cursors.
+//! - [`pack`]: the step's flat all-reduce buffer.
+//! - [`epoch`]: the step loop (compute, all-reduce, sparse exchange, vote, apply) and the epoch
+//!   end (rank 0 evaluates and checkpoints; everyone meets at the epoch barrier).
+
+pub mod coordinator;
+pub mod epoch;
+pub mod leases;
+pub mod pack;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use funnel_common::checkpoint;
+use funnel_common::columns::DecodePlan;
+use funnel_common::reader::ShardReader;
+use funnel_proto::auth::JobToken;
+use funnel_proto::v1 as pb;
+use tokio::runtime::Handle;
+use tracing::{info, info_span, warn};
+
+use crate::WorkerError;
+use crate::local::{RunSummary, fresh_state};
+use crate::ring::{PeerId, RingConfig};
+use crate::trainer::Trainer;
+use crate::transport::{GenerationLinks, PeerNode};
+
+/// How to run a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The coordinator's URL (`http://host:port`).
+    pub coordinator: String,
+    /// The job token.
+    pub token: JobToken,
+    /// Where the `Peer` server listens (`127.0.0.1:0` = an ephemeral port on loopback).
+    pub listen: SocketAddr,
+    /// The address peers reach it at, when not the bound one (behind NAT, in a pod).
+    pub advertise: Option<String>,
+    /// Compute threads (0 = the job's `train.threads`, else one per core).
+    pub threads: usize,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+    /// A name for logs (host and pid by default).
+    pub name: String,
+}
+
+/// Runs one worker to the end of the job, on this thread; `runtime` runs the I/O.
+pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
+    let mut client = runtime.block_on(coordinator::connect(
+        &opts.coordinator,
+        &opts.token,
+        Duration::from_secs(60),
+    ))?;
+    let served = runtime.block_on(coordinator::fetch_job(&mut client, &opts.coordinator))?;
+    let job = served.job.clone();
+    let span = info_span!("worker", job = %job.spec.name, name = %opts.name);
+    let _span = span.enter();
+    let threads = if opts.threads > 0 {
+        opts.threads
+    } else {
+        job.spec.train.threads
+    };
+    crate::threads::init_compute_threads(threads);
+
+    // Every worker starts from the same state: the output's latest checkpoint, or the seed.
+    let (trainer, state) = match runtime.block_on(checkpoint::latest(&served.output))? {
+        Some(name) => {
+            let url = format!("{}/checkpoints/{name}", served.output.trim_end_matches('/'));
+            let ckpt = runtime.block_on(checkpoint::open(&url))?;
+            let (t, s) = Trainer::restore(job.clone(), &ckpt)?;
+            info!(checkpoint = %ckpt.url, step = s.step, epochs_done = s.epochs_done, "resuming");
+            (t, s)
+        }
+        None => {
+            let t = Trainer::new(job.clone())?;
+            let s = fresh_state(&t);
+            (t, s)
+        }
+    };
+    let layout_hash = trainer.model().layout_hash();
+
+    let node = {
+        let _guard = runtime.enter();
+        runtime
+            .block_on(PeerNode::start(opts.listen, &opts.token))
+            .map_err(|e| WorkerError::Internal(format!("peer server on {}: {e}", opts.listen)))?
+    };
+    let peer_addr = opts
+        .advertise
+        .clone()
+        .unwrap_or_else(|| node.addr().to_string());
+    let reg = runtime
+        .block_on(client.register(pb::RegisterRequest {
+            config_hash: served.config_hash,
+            layout_hash,
+            peer_addr: peer_addr.clone(),
+            worker_name: opts.name.clone(),
+        }))
+        .map_err(|s| coordinator::refused("Register", s))?
+        .into_inner();
+    let ranks = reg.ring.len();
+    let rank = reg.rank as usize;
+    let peer = |r: usize| -> Result<PeerId, WorkerError> {
+        let m = reg
+            .ring
+            .iter()
+            .find(|m| m.rank as usize == r)
+            .ok_or_else(|| {
+                WorkerError::Coordinator(format!("Register: no rank {r} in the ring"))
+            })?;
+        Ok(PeerId {
+            rank: r,
+            addr: m.peer_addr.clone(),
+        })
+    };
+    let me = peer(rank)?;
+    let left = peer((rank + ranks - 1) % ranks)?;
+    let right = peer((rank + 1) % ranks)?;
+    info!(worker = %reg.worker_id, rank, ranks, generation = reg.generation, peer = %peer_addr, "joined the ring");
+    let links = runtime.block_on(GenerationLinks::open(
+        &node,
+        me,
+        left,
+        right,
+        reg.generation,
+        &opts.token,
+    ))?;
+    let heartbeat = runtime.spawn(heartbeats(
+        client.clone(),
+        reg.worker_id.clone(),
+        reg.generation,
+        Duration::from_millis(reg.heartbeat_interval_ms.max(10)),
+    ));
+
+    let data = &job.spec.data;
+    let plan = Arc::new(DecodePlan::new(&job));
+    let reader = |m: &Arc<funnel_common::manifest::DatasetManifest>| {
+        ShardReader::new(
+            m.clone(),
+            plan.clone(),
+            data.decode_threads,
+            data.read_batch_rows,
+        )
+    };
+    let ctx = epoch::ClusterContext {
+        client,
+        worker_id: reg.worker_id,
+        generation: reg.generation,
+        layout_hash,
+        ring: RingConfig {
+            rank,
+            size: ranks,
+            chunk_len: job.spec.cluster.chunk_values,
+            recv_timeout: Duration::from_millis(job.spec.cluster.step_timeout_ms),
+        },
+        train: served.train.clone(),
+        train_reader: reader(&served.train),
+        eval: served
+            .eval
+            .as_ref()
+            .filter(|_| rank == 0)
+            .map(|m| (m.clone(), reader(m))),
+        output: served.output.clone(),
+        progress: opts.progress,
+    };
+    let result = epoch::train_epochs(trainer, state, ctx, links, runtime);
+    heartbeat.abort();
+    drop(node);
+    result
+}
+
+/// Heartbeats until the task is aborted; a failed job or an unreachable coordinator is logged
+/// here and surfaces in the training thread's next call.
+async fn heartbeats(
+    mut client: coordinator::Client,
+    worker_id: String,
+    generation: u64,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let sent = client
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: worker_id.clone(),
+                generation,
+                last_committed_step: 0,
+            })
+            .await;
+        match sent {
+            Ok(r) if r.get_ref().shutdown => {
+                info!("the coordinator says the job is over");
+                return;
+            }
+            Ok(_) => {}
+            Err(s) => warn!(status = %s.message(), "heartbeat failed"),
+        }
+    }
+}
