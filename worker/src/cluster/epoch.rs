@@ -60,9 +60,10 @@ pub fn train_epochs(
     mut trainer: Trainer,
     mut state: TrainerState,
     mut ctx: ClusterContext,
-    mut links: GenerationLinks,
+    links: GenerationLinks,
     runtime: &Handle,
 ) -> Result<RunSummary, WorkerError> {
+    let mut links = Some(links);
     let job = trainer.job().clone();
     let epochs = job.spec.train.epochs as u64;
     let mut last_checkpoint = None;
@@ -70,8 +71,18 @@ pub fn train_epochs(
     while state.epochs_done < epochs {
         let epoch = state.epochs_done;
         let _span = info_span!("epoch", epoch, rank = ctx.ring.rank).entered();
-        let trained = train_epoch(&mut trainer, &mut state, &mut ctx, &mut links, runtime)?;
+        let Some(ring) = links.as_mut() else {
+            return Err(WorkerError::Internal("ring links closed early".into()));
+        };
+        let trained = train_epoch(&mut trainer, &mut state, &mut ctx, ring, runtime)?;
         state.epochs_done += 1;
+        if state.epochs_done == epochs
+            && let Some(ring) = links.take()
+        {
+            // Close the ring before the last barrier: every rank's server stays up until every
+            // rank has passed it, so each stream's end is acknowledged rather than cut.
+            runtime.block_on(ring.finish())?;
+        }
         state.model_train_steps = trainer.model().train_steps();
         let mut checkpoint_url = String::new();
         if ctx.ring.rank == 0 {
@@ -116,7 +127,9 @@ pub fn train_epochs(
             .map_err(|s| refused("ReportEpoch", s))?;
         epochs_run += 1;
     }
-    runtime.block_on(links.finish())?;
+    if let Some(ring) = links.take() {
+        runtime.block_on(ring.finish())?;
+    }
     Ok(RunSummary {
         steps: state.step,
         epochs: state.epochs_done,

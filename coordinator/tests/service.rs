@@ -1,0 +1,267 @@
+//! The coordinator's gRPC service on 127.0.0.1, driven by a raw client: refusals (wrong token,
+//! config hash, layout hash, stale generation), the ring, round-robin leases, the step vote,
+//! and heartbeat expiry failing the job.
+
+use std::time::Duration;
+
+use funnel_common::spec::{Job, synthetic_job_toml};
+use funnel_common::synth::{GenOptions, generate};
+use funnel_proto::auth::JobToken;
+use funnel_proto::v1 as pb;
+use pb::coordinator_client::CoordinatorClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = CoordinatorClient<
+    tonic::service::interceptor::InterceptedService<Channel, funnel_proto::auth::AttachToken>,
+>;
+
+struct Running {
+    url: String,
+    token: JobToken,
+    job: tokio::task::JoinHandle<
+        Result<funnel_coordinator::JobOutcome, funnel_coordinator::CoordinatorError>,
+    >,
+    _dir: tempfile::TempDir,
+}
+
+/// A coordinator for 2 workers over 4 objects x 2 row groups of generated data.
+async fn start(heartbeat_timeout_ms: u64) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = format!("file://{}/data", dir.path().display());
+    generate(&GenOptions {
+        rows: 4000,
+        files: 4,
+        row_group_rows: 500,
+        eval_fraction: 0.0,
+        output: data.clone(),
+        ..GenOptions::default()
+    })
+    .await
+    .expect("data");
+    let text = synthetic_job_toml(&data, &format!("file://{}/out", dir.path().display()))
+        .replace("eval = ", "# eval = ");
+    let mut job = Job::parse(&text, "test").expect("spec");
+    job.spec.cluster.workers = 2;
+    job.spec.cluster.heartbeat_interval_ms = 50;
+    job.spec.cluster.heartbeat_timeout_ms = heartbeat_timeout_ms;
+    job.spec.cluster.step_timeout_ms = 20_000;
+    job.spec.cluster.join_timeout_ms = 20_000;
+    let ctx = funnel_coordinator::prepare(job.spec, "test", "file:///tmp/unused".into())
+        .await
+        .expect("prepare");
+    let listener = funnel_coordinator::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let token = JobToken::new("test-token").expect("token");
+    let serve_token = token.clone();
+    let job = tokio::spawn(async move {
+        funnel_coordinator::serve(ctx, vec![1.0; 4], listener, &serve_token).await
+    });
+    Running {
+        url,
+        token,
+        job,
+        _dir: dir,
+    }
+}
+
+async fn client(url: &str, token: &JobToken) -> Client {
+    let channel = Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    CoordinatorClient::with_interceptor(channel, token.bearer())
+}
+
+fn register(hash: u64, layout: u64, name: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        config_hash: hash,
+        layout_hash: layout,
+        peer_addr: format!("127.0.0.1:{}", 9000 + name.len()),
+        worker_name: name.into(),
+    }
+}
+
+/// Waits until `n` workers have registered (registration blocks until the ring is complete,
+/// so the first one runs in a task and this polls the job status).
+async fn registered(c: &mut Client, n: usize) {
+    for _ in 0..2000 {
+        let s = c.job_status(pb::JobStatusRequest {}).await.expect("status");
+        if s.get_ref().workers.len() >= n {
+            return;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{n} workers never registered");
+}
+
+#[tokio::test]
+async fn refusals_ring_leases_and_the_step_vote() {
+    let run = start(60_000).await;
+    let mut c = client(&run.url, &run.token).await;
+
+    let wrong = JobToken::new("not-the-token").expect("token");
+    let err = client(&run.url, &wrong)
+        .await
+        .get_job(pb::GetJobRequest {})
+        .await
+        .expect_err("wrong token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let job = c
+        .get_job(pb::GetJobRequest {})
+        .await
+        .expect("job")
+        .into_inner();
+    assert_eq!(job.workers, 2);
+    let train = job.train.expect("train dataset");
+    assert_eq!(train.objects.len(), 4);
+    assert!(train.objects.iter().all(|o| !o.footer.is_empty()));
+    let hash = job.config_hash;
+
+    let err = c
+        .register(register(hash ^ 1, 7, "x"))
+        .await
+        .expect_err("config");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("config hash"), "{}", err.message());
+
+    // Registration answers once the ring is complete: register both concurrently.
+    let mut c2 = c.clone();
+    let first = tokio::spawn(async move { c2.register(register(hash, 7, "a")).await });
+    registered(&mut c, 1).await;
+    // The second worker with another layout is refused; then the right one joins.
+    let err = c
+        .register(register(hash, 8, "bb"))
+        .await
+        .expect_err("layout");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("layout hash"), "{}", err.message());
+    let b = c
+        .register(register(hash, 7, "bb"))
+        .await
+        .expect("joins")
+        .into_inner();
+    let a = first.await.expect("task").expect("joins").into_inner();
+    assert_eq!((a.generation, b.generation), (1, 1));
+    assert_eq!(a.ring.len(), 2);
+    let mut ranks = [a.rank, b.rank];
+    ranks.sort_unstable();
+    assert_eq!(ranks, [0, 1]);
+
+    // A stale generation is refused; leases alternate between the ranks in plan order.
+    let err = c
+        .next_lease(pb::NextLeaseRequest {
+            worker_id: a.worker_id.clone(),
+            generation: 0,
+            epoch: 0,
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("generation 0"), "{}", err.message());
+    let mut seen = Vec::new();
+    for who in [&a, &b] {
+        loop {
+            let r = c
+                .next_lease(pb::NextLeaseRequest {
+                    worker_id: who.worker_id.clone(),
+                    generation: 1,
+                    epoch: 0,
+                })
+                .await
+                .expect("lease")
+                .into_inner();
+            match r.lease {
+                Some(l) => seen.push((l.lease_id, who.rank)),
+                None => break,
+            }
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 8, "every row group once: {seen:?}");
+    assert!(seen.iter().all(|&(id, rank)| id % 2 == u64::from(rank)));
+
+    // The step vote: a wrong layout is refused; the step commits when both voted.
+    let vote = |w: &str, layout: u64| pb::CommitStepRequest {
+        worker_id: w.into(),
+        generation: 1,
+        step: 1,
+        layout_hash: layout,
+        cursors: vec![pb::LeaseCursor {
+            lease_id: 0,
+            rows_consumed: 10,
+        }],
+    };
+    let err = c
+        .commit_step(vote(&a.worker_id, 9))
+        .await
+        .expect_err("layout");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("layout hash"), "{}", err.message());
+    let mut c3 = c.clone();
+    let wa = a.worker_id.clone();
+    let waiting = tokio::spawn(async move { c3.commit_step(vote(&wa, 7)).await });
+    let rb = c.commit_step(vote(&b.worker_id, 7)).await.expect("vote");
+    let ra = waiting.await.expect("task").expect("vote");
+    assert!(rb.get_ref().committed && ra.get_ref().committed);
+    let status = c.job_status(pb::JobStatusRequest {}).await.expect("status");
+    assert_eq!(status.get_ref().committed_step, 1);
+    run.job.abort();
+}
+
+#[tokio::test]
+async fn a_silent_worker_fails_the_job_and_every_call_says_why() {
+    let run = start(300).await;
+    let mut c = client(&run.url, &run.token).await;
+    let hash = c
+        .get_job(pb::GetJobRequest {})
+        .await
+        .expect("job")
+        .into_inner()
+        .config_hash;
+    let mut c2 = c.clone();
+    let first = tokio::spawn(async move { c2.register(register(hash, 7, "a")).await });
+    registered(&mut c, 1).await;
+    let b = c
+        .register(register(hash, 7, "bb"))
+        .await
+        .expect("joins")
+        .into_inner();
+    let a = first.await.expect("task").expect("joins").into_inner();
+    // Worker a keeps beating; b never does. The coordinator's own run ends with the reason.
+    let beat = {
+        let mut c = c.clone();
+        let id = a.worker_id.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = c
+                    .heartbeat(pb::HeartbeatRequest {
+                        worker_id: id.clone(),
+                        generation: 1,
+                        last_committed_step: 0,
+                    })
+                    .await;
+                if r.map(|r| r.get_ref().shutdown).unwrap_or(true) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(20), run.job)
+        .await
+        .expect("the job ends")
+        .expect("task");
+    let err = outcome.expect_err("the job failed");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&b.worker_id) && msg.contains("no heartbeat"),
+        "{msg}"
+    );
+    beat.abort();
+}
