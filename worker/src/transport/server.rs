@@ -77,10 +77,14 @@ impl PeerNode {
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let service = tonic_interceptor(service, token);
         let (stop, stopped) = oneshot::channel::<()>();
+        // Nagle off on accepted sockets (tonic's `tcp_nodelay` does not reach an incoming we
+        // build): with it on, the server's small WINDOW_UPDATE frames waited for the sender's
+        // delayed ACK, ~40 ms stalls once a stream outgrew its window (issue 4 point 7).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
                 .await;

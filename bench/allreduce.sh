@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# All-reduce bus bandwidth (issue 4 point 7): Funnel's ring all-reduce over its gRPC transport
+# beside torch.distributed with gloo and beside a raw TCP loopback ring (the ceiling), same
+# ranks and sizes of f32, one process per rank, in one run; prints the table and the ratios.
+# Not run by CI; the gloo side needs torch in bench/.venv (installed as bench/train.sh does).
+#   bench/allreduce.sh
+# Environment: RANKS (default "2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
+# CHUNK_LENS (Funnel's values per chunk, "65536"; several values sweep), RING_THREADS (tokio
+# worker threads per Funnel rank, 2), CARGO_TARGET_DIR. A quick run:
+#   SIZES_MIB="1 16" RANKS="2 3" REPS=3 bench/allreduce.sh
+# See docs/benchmarks.md ("All-reduce bus bandwidth").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RANKS=${RANKS:-"2 3 4"}
+export SIZES_MIB=${SIZES_MIB:-"1 4 16 64 256"}
+export REPS=${REPS:-5}
+export WARMUP=${WARMUP:-2}
+out=bench/out/allreduce
+py=bench/.venv/bin/python
+
+if [ ! -x "$py" ]; then
+  python3 -m venv bench/.venv
+fi
+if ! "$py" -c 'import torch; assert torch.__version__.startswith("2.9.0")' 2>/dev/null; then
+  "$py" -m pip install --quiet --no-deps -r bench/requirements-train.txt
+fi
+
+# The bench binary's path, from cargo's own report of what it built.
+exe=$(cargo build --release --quiet -p funnel-worker --bench ring_bandwidth \
+  --message-format=json-render-diagnostics | "$py" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ring_bandwidth":
+        print(m["executable"])')
+[ -x "$exe" ] || { echo "no ring_bandwidth binary" >&2; exit 1; }
+
+mkdir -p "$out"
+results=$out/results.jsonl
+: > "$results"
+echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
+  "ranks $RANKS; sizes $SIZES_MIB MiB; $WARMUP warm-up + $REPS timed iterations" >&2
+# The three sides take turns for each ring size, so a change of machine load hits all alike.
+for n in $RANKS; do
+  RANKS=$n IMPLS=funnel "$exe" >>"$results"
+  RANKS=$n "$py" bench/allreduce_gloo.py >>"$results" 2> >(grep -v '^\[Gloo\]' >&2)
+  RANKS=$n IMPLS=tcp "$exe" >>"$results"
+done
+echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+echo
+"$py" bench/allreduce_summary.py "$results"
