@@ -13,8 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Footers are handed to the Parquet reader as they are: `Bytes`, not a copied Vec.
-        .bytes(".funnel.v1.DataObject.footer")
+        // Every bytes field (footers, chunk values, sparse rows) as `Bytes`: a slice of the
+        // received buffer, not a copied Vec.
+        .bytes(".funnel.v1")
         .compile_fds(fds)?;
     Ok(())
 }
