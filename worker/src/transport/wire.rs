@@ -68,7 +68,7 @@ fn u32_bytes(values: &[u32]) -> Bytes {
 
 /// Little-endian f32 values from `peer`; a length that is not a multiple of 4 is refused.
 pub(crate) fn f32s(b: &[u8], what: &str, peer: &PeerId) -> Result<Vec<f32>, RingError> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(RingError::invalid(
             peer,
             format!(
@@ -83,7 +83,7 @@ pub(crate) fn f32s(b: &[u8], what: &str, peer: &PeerId) -> Result<Vec<f32>, Ring
 }
 
 fn u32s(b: &[u8], what: &str, peer: &PeerId) -> Result<Vec<u32>, RingError> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(RingError::invalid(
             peer,
             format!("{what}: {} bytes is not a whole number of u32 ids", b.len()),
