@@ -20,6 +20,8 @@
 
 use tokio::sync::mpsc;
 
+use super::values::F32Bytes;
+
 use super::{
     Chunk, PeerId, Phase, RingConfig, RingError, RingRecv, RingSend, StepTag, chunks, recv_timed,
     segments,
@@ -62,7 +64,7 @@ where
             segment: own as u32,
             chunk: c as u32,
             offset: range.start as u64,
-            values: buf[range].to_vec(),
+            values: F32Bytes::from_f32(&buf[range]),
         });
     }
 
@@ -89,11 +91,19 @@ where
                 };
                 want.check(rx.peer(), &msg)?;
                 let dst = &mut buf[range.clone()];
-                match phase {
-                    Phase::ReduceScatter => {
-                        dst.iter_mut().zip(&msg.values).for_each(|(d, v)| *d += v)
-                    }
-                    Phase::AllGather => dst.copy_from_slice(&msg.values),
+                let applied = match phase {
+                    Phase::ReduceScatter => msg.values.add_into(dst),
+                    Phase::AllGather => msg.values.copy_into(dst),
+                };
+                if let Err(k) = applied {
+                    // The step is dropped: the partly summed buffer is never used.
+                    return Err(RingError::invalid(
+                        rx.peer(),
+                        format!(
+                            "chunk {:?}: value {k} is not finite",
+                            (phase, round, seg, c)
+                        ),
+                    ));
                 }
                 if k + 1 < total {
                     let (phase, round, _) = position(cfg, k + 1);
@@ -105,7 +115,7 @@ where
                         segment: seg as u32,
                         chunk: c as u32,
                         offset: range.start as u64,
-                        values: dst.to_vec(),
+                        values: F32Bytes::from_f32(dst),
                     });
                 }
             }
@@ -169,15 +179,6 @@ impl Expect {
                     msg.values.len(),
                     self.offset,
                     self.len
-                ),
-            ));
-        }
-        if let Some(k) = msg.values.iter().position(|v| !v.is_finite()) {
-            return Err(RingError::invalid(
-                peer,
-                format!(
-                    "chunk {want:?}: value {k} is not finite ({})",
-                    msg.values[k]
                 ),
             ));
         }

@@ -9,10 +9,12 @@
 //! - [`allreduce`]: reduce-scatter then all-gather, chunked and pipelined.
 //! - [`sparse`]: every rank's sparse gradients around the ring, then a merge in rank order.
 //! - [`memory`]: the in-memory transport (tests, and a single-process reference).
+//! - [`values`]: a chunk's values as little-endian bytes (the wire form, kept end to end).
 
 pub mod allreduce;
 pub mod memory;
 pub mod sparse;
+pub mod values;
 
 #[cfg(test)]
 mod conformance;
@@ -23,6 +25,7 @@ use std::ops::Range;
 
 pub use allreduce::all_reduce;
 pub use sparse::sparse_exchange;
+pub use values::F32Bytes;
 
 /// What every message of one ring step carries, so that a receiver refuses anything from
 /// another ring generation, another step or another model layout instead of summing it.
@@ -107,8 +110,8 @@ pub struct Chunk {
     pub chunk: u32,
     /// Offset of the first value within the whole buffer.
     pub offset: u64,
-    /// The values.
-    pub values: Vec<f32>,
+    /// The values, in wire form.
+    pub values: F32Bytes,
 }
 
 /// One rank's sparse gradients (all tables), forwarded around the ring.

@@ -71,7 +71,7 @@ async fn stale_generation_is_refused() {
         segment: 0,
         chunk: 0,
         offset: 0,
-        values: vec![1.0],
+        values: vec![1.0].into(),
     };
     crate::ring::RingSend::send(&mut tx, chunk)
         .await

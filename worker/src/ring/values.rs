@@ -1,0 +1,112 @@
+//! A chunk's values as little-endian f32 bytes. The ring works on `f32` slices, but keeping a
+//! chunk in its wire form means the gRPC transport neither decodes value by value nor
+//! allocates a `Vec<f32>` per chunk and hop: the sender copies a slice of the buffer into bytes
+//! once, the receiver adds straight from the bytes it received.
+
+use bytes::Bytes;
+
+/// Little-endian f32 values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct F32Bytes(Bytes);
+
+impl F32Bytes {
+    /// The values of `v` (one copy).
+    pub fn from_f32(v: &[f32]) -> Self {
+        // Fixed-size copies into a presized buffer compile to a plain memcpy on little-endian
+        // targets.
+        let mut b = vec![0u8; v.len() * 4];
+        for (dst, x) in b.chunks_exact_mut(4).zip(v) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        Self(Bytes::from(b))
+    }
+
+    /// Bytes received from the wire; `Err(len)` when `len` is not a multiple of 4.
+    pub fn from_bytes(b: Bytes) -> Result<Self, usize> {
+        if b.len().is_multiple_of(4) {
+            Ok(Self(b))
+        } else {
+            Err(b.len())
+        }
+    }
+
+    /// The bytes, as sent.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values, decoded on the fly.
+    pub fn iter(&self) -> impl Iterator<Item = f32> + '_ {
+        self.0
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    /// The values as a vector (tests, small messages).
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.iter().collect()
+    }
+
+    /// Adds the values into `dst` (same length); `Err(k)` if value `k` is not finite, in which
+    /// case `dst` is partly updated and the step must be dropped.
+    pub fn add_into(&self, dst: &mut [f32]) -> Result<(), usize> {
+        let mut bad = None;
+        for (k, (d, v)) in dst.iter_mut().zip(self.iter()).enumerate() {
+            if !v.is_finite() && bad.is_none() {
+                bad = Some(k);
+            }
+            *d += v;
+        }
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// Copies the values into `dst` (same length); `Err(k)` if value `k` is not finite.
+    pub fn copy_into(&self, dst: &mut [f32]) -> Result<(), usize> {
+        let mut bad = None;
+        for (k, (d, v)) in dst.iter_mut().zip(self.iter()).enumerate() {
+            if !v.is_finite() && bad.is_none() {
+                bad = Some(k);
+            }
+            *d = v;
+        }
+        bad.map_or(Ok(()), Err)
+    }
+}
+
+impl From<Vec<f32>> for F32Bytes {
+    fn from(v: Vec<f32>) -> Self {
+        Self::from_f32(&v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_add_with_a_finiteness_check() {
+        let v = F32Bytes::from_f32(&[1.5, -0.0, 3.25]);
+        assert_eq!((v.len(), v.to_vec()), (3, vec![1.5, -0.0, 3.25]));
+        let mut dst = [1.0, 1.0, 1.0];
+        assert_eq!(v.add_into(&mut dst), Ok(()));
+        assert_eq!(dst, [2.5, 1.0, 4.25]);
+        let bad = F32Bytes::from_f32(&[0.0, f32::NAN]);
+        assert_eq!(bad.copy_into(&mut [0.0; 2]), Err(1));
+        assert_eq!(F32Bytes::from_bytes(Bytes::from_static(&[0, 0, 0])), Err(3));
+    }
+}
