@@ -134,6 +134,10 @@ pub struct WorkerArgs {
     /// Name in logs (default: host and pid).
     #[arg(long)]
     pub name: Option<String>,
+    /// Print progress as `progress {json}` lines on stdout, about once a second (rank 0 only;
+    /// the local cluster launcher draws them as one progress bar).
+    #[arg(long, hide = true)]
+    pub progress_lines: bool,
 }
 
 /// `funnel predict`.

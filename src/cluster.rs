@@ -9,6 +9,7 @@ use funnel_common::spec::Job;
 use funnel_common::store::StoreUrl;
 use funnel_proto::auth::JobToken;
 use funnel_worker::cluster::WorkerOptions;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -57,6 +58,7 @@ pub async fn run_worker(a: WorkerArgs) -> Result<()> {
         advertise: a.advertise,
         threads: a.threads,
         progress: !a.no_progress,
+        progress_lines: a.progress_lines,
         name: a.name.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{host}/{}", std::process::id())
@@ -85,25 +87,61 @@ fn fresh_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Copies `child`'s stdout and stderr to ours, each line prefixed with `name`.
-fn forward(child: &mut Child, name: String) {
+/// Copies `child`'s stdout and stderr to ours, each line prefixed with `name`; `progress`
+/// lines (rank 0's) move the one progress bar instead (drawn only on a terminal).
+fn forward(child: &mut Child, name: String, bar: &ProgressBar) {
     if let Some(out) = child.stdout.take() {
         let name = name.clone();
+        let bar = bar.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                println!("[{name}] {l}");
+                match l.strip_prefix("progress ") {
+                    Some(json) => show_progress(&bar, json),
+                    None => bar.suspend(|| println!("[{name}] {l}")),
+                }
             }
         });
     }
     if let Some(err) = child.stderr.take() {
+        let bar = bar.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[{name}] {l}");
+                bar.suspend(|| eprintln!("[{name}] {l}"));
             }
         });
     }
+}
+
+/// The job's progress bar: hidden unless stderr is a terminal.
+fn job_bar(show: bool) -> ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {human_pos}/{human_len} rows, {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn show_progress(bar: &ProgressBar, json: &str) {
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(json) else {
+        return;
+    };
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    bar.set_length(n("total"));
+    bar.set_position(n("rows"));
+    bar.set_prefix(format!("epoch {}/{}", n("epoch") + 1, n("epochs")));
+    bar.set_message(format!(
+        "{:.0} rows/s, step {}, loss {:.4}",
+        p["rows_per_s"].as_f64().unwrap_or(0.0),
+        n("step"),
+        p["loss"].as_f64().unwrap_or(f64::NAN)
+    ));
 }
 
 pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
@@ -153,29 +191,36 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
         }
     };
     coordinator.stdout = Some(out.into_inner().into_inner());
-    forward(&mut coordinator, "coordinator".into());
+    let bar = job_bar(!a.no_progress);
+    forward(&mut coordinator, "coordinator".into(), &bar);
     println!("local cluster: coordinator at {addr}, {workers} workers x {threads} compute threads");
 
     let mut children = Vec::new();
     for rank in 0..workers {
         let mut w = Command::new(&exe);
-        w.args(["worker", "--listen", "127.0.0.1:0", "--no-progress"])
-            .arg("--coordinator")
-            .arg(format!("http://{addr}"))
-            .arg("--threads")
-            .arg(threads.to_string())
-            .arg("--name")
-            .arg(format!("local-{rank}"))
-            .env(TOKEN_ENV, &token)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        w.args([
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-progress",
+            "--progress-lines",
+        ])
+        .arg("--coordinator")
+        .arg(format!("http://{addr}"))
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--name")
+        .arg(format!("local-{rank}"))
+        .env(TOKEN_ENV, &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
         // Ranks follow registration order, so the name is the launch order, not the rank.
         let name = format!("local-{rank}");
         let mut child = w
             .spawn()
             .with_context(|| format!("cannot start worker {name}"))?;
-        forward(&mut child, name.clone());
+        forward(&mut child, name.clone(), &bar);
         children.push((format!("worker {name}"), child));
     }
     children.push(("coordinator".to_string(), coordinator));
@@ -198,6 +243,7 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
             bail!("{name} failed ({status}); the local cluster is stopped");
         }
     }
+    bar.finish_and_clear();
     println!("local cluster: all {workers} workers and the coordinator exited cleanly");
     Ok(())
 }

@@ -53,6 +53,8 @@ pub struct ClusterContext {
     pub output: String,
     /// Progress bar.
     pub progress: bool,
+    /// `progress {json}` lines on stdout.
+    pub progress_lines: bool,
 }
 
 /// Trains the remaining epochs; returns what rank 0 would report.
@@ -185,6 +187,7 @@ fn train_epoch(
         ..Default::default()
     };
     let started = Instant::now();
+    let mut last_line = started;
     let mut ended = false;
     loop {
         let input = if ended {
@@ -279,6 +282,21 @@ fn train_epoch(
         bar.inc(reduced.rows);
         if out.steps % 20 == 1 {
             bar.set_message(format!("loss {:.4}", out.loss_sum / out.rows as f64));
+        }
+        if ctx.progress_lines && last_line.elapsed().as_secs_f64() >= 1.0 {
+            last_line = Instant::now();
+            println!(
+                "progress {}",
+                serde_json::json!({
+                    "epoch": epoch,
+                    "epochs": job.spec.train.epochs,
+                    "rows": out.rows,
+                    "total": ctx.train.total_rows(),
+                    "step": step,
+                    "loss": out.loss_sum / out.rows.max(1) as f64,
+                    "rows_per_s": out.rows as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                })
+            );
         }
     }
     out.seconds = started.elapsed().as_secs_f64();

@@ -46,6 +46,8 @@ pub struct WorkerOptions {
     pub threads: usize,
     /// Show a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Print `progress {json}` lines on stdout (rank 0), for a launcher to draw.
+    pub progress_lines: bool,
     /// A name for logs (host and pid by default).
     pub name: String,
 }
@@ -168,6 +170,7 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
             .map(|m| (m.clone(), reader(m))),
         output: served.output.clone(),
         progress: opts.progress,
+        progress_lines: opts.progress_lines && rank == 0,
     };
     let result = epoch::train_epochs(trainer, state, ctx, links, runtime);
     heartbeat.abort();
