@@ -19,6 +19,7 @@
 //! - [`model`]: burn towers, the log-space funnel loss and the flat dense-parameter buffer.
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
+//! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
 //! - [`error`]: the crate's error type.
 
 pub mod batch;
@@ -38,5 +39,6 @@ pub mod spec;
 pub mod store;
 pub mod synth;
 pub mod validate;
+pub mod weighting;
 
 pub use error::{DataLocation, Error, Result};
