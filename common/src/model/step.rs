@@ -22,6 +22,17 @@ pub struct StepOutput {
     pub dense_grad: Vec<f32>,
 }
 
+/// Which inputs of a graph are autodiff leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// None: prediction.
+    None,
+    /// The embedding input only: gradients at the shared layer.
+    EmbOnly,
+    /// Parameters and the embedding input: training.
+    All,
+}
+
 /// Stream id of the dropout masks, so they do not share a stream with initialisation.
 const DROPOUT_STREAM: u64 = 0xD50F_0A7E;
 
@@ -49,20 +60,20 @@ impl FunnelModel {
         Ok(rows)
     }
 
-    /// Builds the towers' graph on `device`; with `track`, parameters and the embedding input
-    /// are `require_grad` leaves.
+    /// Builds the towers' graph on `device`; `track` says which inputs are `require_grad`
+    /// leaves.
     fn graph(
         &self,
         device: &Device,
         emb: &[f32],
         numeric: &[f32],
         rows: usize,
-        track: bool,
+        track: Track,
         dropout: &mut Option<Dropout>,
     ) -> Graph {
-        let leaf = |data: Vec<f32>, shape: [usize; 2]| {
+        let leaf = |data: Vec<f32>, shape: [usize; 2], tracked: bool| {
             let t = Tensor::<2>::from_data(TensorData::new(data, shape), device);
-            if track { t.require_grad() } else { t }
+            if tracked { t.require_grad() } else { t }
         };
         // Every parameter as a 2-D tensor; a bias `[out]` becomes `[1, out]` to broadcast.
         let params: Vec<Tensor<2>> = self
@@ -75,11 +86,11 @@ impl FunnelModel {
                     [o, i] => [o, i],
                     _ => unreachable!("parameters are 1-D or 2-D"),
                 };
-                leaf(self.params[p.range()].to_vec(), shape)
+                leaf(self.params[p.range()].to_vec(), shape, track == Track::All)
             })
             .collect();
         let (e, n) = (self.dims.emb(), self.dims.numeric);
-        let emb = (e > 0).then(|| leaf(emb.to_vec(), [rows, e])); // [rows, emb]
+        let emb = (e > 0).then(|| leaf(emb.to_vec(), [rows, e], track != Track::None)); // [rows, emb]
         let num = (n > 0)
             .then(|| Tensor::<2>::from_data(TensorData::new(numeric.to_vec(), [rows, n]), device)); // [rows, numeric], a constant
         let x = match (&emb, num) {
@@ -107,7 +118,7 @@ impl FunnelModel {
     /// Each tower's logit, `[towers][rows]` (no dropout, no autodiff).
     pub fn tower_logits(&self, emb: &[f32], numeric: &[f32]) -> Result<Vec<Vec<f32>>> {
         let rows = self.rows_of(emb, numeric)?;
-        let g = self.graph(&self.eval_device, emb, numeric, rows, false, &mut None);
+        let g = self.graph(&self.eval_device, emb, numeric, rows, Track::None, &mut None);
         columns(g.logits, rows)
     }
 
@@ -115,7 +126,7 @@ impl FunnelModel {
     /// autodiff): for prediction and metrics.
     pub fn forward(&self, emb: &[f32], numeric: &[f32]) -> Result<Vec<Vec<f32>>> {
         let rows = self.rows_of(emb, numeric)?;
-        let g = self.graph(&self.eval_device, emb, numeric, rows, false, &mut None);
+        let g = self.graph(&self.eval_device, emb, numeric, rows, Track::None, &mut None);
         let lp = stage_log_probs(&self.nodes, &g.logits);
         // log P can round a few ulps above 0 where P ~ 1: clamp so consumers see P <= 1.
         let probs = lp.log_p.into_iter().map(|l| l.clamp_max(0.0).exp());
@@ -152,7 +163,7 @@ impl FunnelModel {
             device: device.clone(),
         });
         self.steps += 1;
-        let g = self.graph(&device, emb, numeric, rows, true, &mut dropout);
+        let g = self.graph(&device, emb, numeric, rows, Track::All, &mut dropout);
         let lp = stage_log_probs(&self.nodes, &g.logits);
         let mut task = Vec::with_capacity(self.targets.len());
         for (&stage, col) in self.targets.iter().zip(labels) {
@@ -189,6 +200,45 @@ impl FunnelModel {
             emb_grad,
             dense_grad,
         })
+    }
+}
+
+impl FunnelModel {
+    /// GradNorm's statistics for one batch: per target `k`, the squared L2 norm of
+    /// `d (weights[k] * L_k) / d emb`, the gradient of the task's weighted batch-mean loss at
+    /// the shared layer (the pooled embeddings, `[rows, emb_dim]`). One forward and one
+    /// backward per task through the towers only, with no dropout and no parameter gradients;
+    /// the model's state (dropout stream included) is unchanged. Zeros without embeddings.
+    pub fn task_grad_sq_norms(
+        &self,
+        emb: &[f32],
+        numeric: &[f32],
+        labels: &[Vec<u8>],
+        weights: &[f32],
+    ) -> Result<Vec<f32>> {
+        let rows = self.rows_of(emb, numeric)?;
+        check_len("label columns", self.targets.len(), labels.len())?;
+        check_len("task weights", self.targets.len(), weights.len())?;
+        if self.dims.emb() == 0 {
+            return Ok(vec![0.0; self.targets.len()]);
+        }
+        let device = self.train_device.clone();
+        let mut out = Vec::with_capacity(self.targets.len());
+        for ((&stage, col), &w) in self.targets.iter().zip(labels).zip(weights) {
+            check_len("labels", rows, col.len())?;
+            let g = self.graph(&device, emb, numeric, rows, Track::EmbOnly, &mut None);
+            let lp = stage_log_probs(&self.nodes, &g.logits);
+            let y: Vec<f32> = col.iter().map(|&v| f32::from(v.min(1))).collect();
+            let y = Tensor::<2>::from_data(TensorData::new(y, [rows, 1]), &device);
+            let loss = bce(lp.log_p[stage].clone(), lp.log_not_p[stage].clone(), y).mul_scalar(w); // [1]
+            let grads = loss.backward();
+            let grad = match &g.emb {
+                Some(e) => read_grad(e.grad(&grads), rows * self.dims.emb())?,
+                None => Vec::new(),
+            };
+            out.push(grad.iter().map(|v| v * v).sum());
+        }
+        Ok(out)
     }
 }
 

@@ -379,3 +379,34 @@ fn bad_inputs_are_errors_not_panics() {
     );
     assert!(matches!(deepfm, Err(ModelError::Config(_))));
 }
+
+#[test]
+fn task_gradient_norms_equal_a_single_task_backward() {
+    // GradNorm's statistic for task k equals the embedding gradient of a training step whose
+    // only non-zero weight is task k's (no dropout), squared and summed.
+    for preset in PRESETS {
+        let m = new_model(&job(preset, "mlp", ""), dims(), 5).expect("model");
+        let d = data(&m, 16, 9);
+        let t = m.target_stages().len();
+        let weights: Vec<f32> = (0..t).map(|k| 0.5 + k as f32).collect();
+        let norms = m
+            .task_grad_sq_norms(&d.emb, &d.numeric, &d.labels, &weights)
+            .expect("norms");
+        assert_eq!(norms.len(), t);
+        for k in 0..t {
+            let mut one = vec![0.0; t];
+            one[k] = weights[k];
+            let mut m2 = new_model(&job(preset, "mlp", ""), dims(), 5).expect("model");
+            let out = m2
+                .train_step(&d.emb, &d.numeric, &d.labels, &one)
+                .expect("step");
+            let want: f32 = out.emb_grad.iter().map(|v| v * v).sum();
+            assert!(
+                (norms[k] - want).abs() <= 1e-5 * want.max(1e-12),
+                "{preset} task {k}: {} vs {want}",
+                norms[k]
+            );
+            assert!(want > 0.0);
+        }
+    }
+}
