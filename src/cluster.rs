@@ -35,11 +35,13 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     };
     let origin = a.config.display().to_string();
     let weights = funnel_worker::trainer::initial_weights(&job)?;
+    let initial = funnel_common::weighting::WeightingState::new(job.spec.loss.weighting, &weights);
+    let weighting = funnel_coordinator::server::resume_weighting(&output, initial).await?;
     let ctx = funnel_coordinator::prepare(job.spec, &origin, output).await?;
     let listener = funnel_coordinator::bind(a.listen).await?;
     let addr = listener.local_addr()?;
     println!("{LISTENING}{addr}");
-    let outcome = funnel_coordinator::serve(ctx, weights, listener, &token).await?;
+    let outcome = funnel_coordinator::serve(ctx, weighting, listener, &token).await?;
     println!(
         "job done: {} epochs, {} steps; last checkpoint {}",
         outcome.epochs,

@@ -17,6 +17,7 @@
 //! - **UWL** (Kendall et al. 2018) is learned with the model, per step, by the trainer; its
 //!   rule is [`uwl_weights`] / [`uwl_grad`] here.
 
+use crate::spec::{LossSpec, Weighting};
 use serde::{Deserialize, Serialize};
 
 /// Renormalises `w` to sum to its length (the number of tasks).
@@ -92,6 +93,48 @@ pub fn uwl_grad(log_vars: &[f64], losses: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// UWL's learned log-variances `s_i` and their Adam moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UwlState {
+    /// `s_i = log sigma_i^2`; the weight is `exp(-s_i)`.
+    pub log_vars: Vec<f64>,
+    /// Adam's first moments.
+    pub m: Vec<f64>,
+    /// Adam's second moments.
+    pub v: Vec<f64>,
+    /// Adam steps taken.
+    pub t: u64,
+}
+
+impl UwlState {
+    /// Log-variances that start at the given weights (`s_i = -ln w_i`).
+    pub fn new(weights: &[f64]) -> Self {
+        let n = weights.len();
+        Self {
+            log_vars: weights.iter().map(|w| -w.max(1e-12).ln()).collect(),
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        }
+    }
+
+    /// One Adam step (betas 0.9, 0.999) on `s` from the step's mean task losses. Every worker
+    /// takes it from the same all-reduced losses, so the log-variances stay identical: they
+    /// are all-reduced parameters whose gradient is a function of reduced values.
+    pub fn step(&mut self, losses: &[f64], lr: f64) {
+        let g = uwl_grad(&self.log_vars, losses);
+        self.t += 1;
+        let (b1, b2) = (0.9f64, 0.999f64);
+        let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
+        let slots = self.log_vars.iter_mut().zip(&mut self.m).zip(&mut self.v);
+        for (((s, m), v), g) in slots.zip(g) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *s -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+        }
+    }
+}
+
 /// What a job remembers about its weighting, checkpointed with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct WeightingState {
@@ -103,6 +146,54 @@ pub struct WeightingState {
     /// Mean task losses of each completed epoch (DWA reads the last two).
     #[serde(default)]
     pub epoch_losses: Vec<Vec<f64>>,
+    /// UWL's learned state.
+    #[serde(default)]
+    pub uwl: Option<UwlState>,
+}
+
+impl WeightingState {
+    /// The state at the start of a job with `initial` weights.
+    pub fn new(strategy: Weighting, initial: &[f32]) -> Self {
+        let weights: Vec<f64> = initial.iter().map(|&w| f64::from(w)).collect();
+        let uwl = (strategy == Weighting::Uwl).then(|| UwlState::new(&weights));
+        Self {
+            weights,
+            initial_losses: None,
+            epoch_losses: Vec::new(),
+            uwl,
+        }
+    }
+
+    /// Records an epoch's mean task losses (and, for GradNorm, its mean statistics) and returns
+    /// the next epoch's weights under `spec`'s strategy. UWL's weights move per step, not here.
+    pub fn end_epoch(
+        &mut self,
+        spec: &LossSpec,
+        losses: &[f64],
+        grad_norms: Option<&[f64]>,
+    ) -> Vec<f64> {
+        self.epoch_losses.push(losses.to_vec());
+        let next = match spec.weighting {
+            Weighting::Fixed | Weighting::Uwl => self.weights.clone(),
+            Weighting::Gradnorm => match (grad_norms, &self.initial_losses) {
+                (Some(g), Some(l0)) if g.len() == self.weights.len() => gradnorm_update(
+                    &self.weights,
+                    losses,
+                    l0,
+                    g,
+                    spec.gradnorm_alpha,
+                    spec.gradnorm_lr,
+                ),
+                _ => self.weights.clone(),
+            },
+            Weighting::Dwa => match self.epoch_losses.as_slice() {
+                [.., before, last] => dwa_weights(last, before, spec.dwa_temperature),
+                _ => self.weights.clone(),
+            },
+        };
+        self.weights = next.clone();
+        next
+    }
 }
 
 #[cfg(test)]
@@ -139,9 +230,16 @@ mod tests {
     fn weights_stay_positive_under_extreme_settings() {
         let mut w = vec![1.0, 1.0, 1.0];
         for epoch in 0..50 {
-            let g: Vec<f64> = w.iter().zip([100.0, 1.0, 0.01]).map(|(w, g)| w * g).collect();
+            let g: Vec<f64> = w
+                .iter()
+                .zip([100.0, 1.0, 0.01])
+                .map(|(w, g)| w * g)
+                .collect();
             w = gradnorm_update(&w, &[0.1, 5.0, 1.0], &[1.0, 1.0, 1.0], &g, 3.0, 50.0);
-            assert!(w.iter().all(|x| *x > 0.0 && x.is_finite()), "epoch {epoch}: {w:?}");
+            assert!(
+                w.iter().all(|x| *x > 0.0 && x.is_finite()),
+                "epoch {epoch}: {w:?}"
+            );
             assert!((w.iter().sum::<f64>() - 3.0).abs() < 1e-9);
         }
     }

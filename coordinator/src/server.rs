@@ -9,6 +9,7 @@ use std::time::Duration;
 use funnel_common::columns::DecodePlan;
 use funnel_common::manifest::DatasetManifest;
 use funnel_common::spec::{Job, JobSpec};
+use funnel_common::weighting::WeightingState;
 use funnel_proto::auth::JobToken;
 use funnel_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -69,6 +70,31 @@ pub async fn prepare(
     })
 }
 
+/// The weighting state to start from: the one in the output's latest checkpoint (the workers
+/// resume from it too), else `initial`.
+pub async fn resume_weighting(
+    output: &str,
+    initial: WeightingState,
+) -> Result<WeightingState, CoordinatorError> {
+    let Some(name) = funnel_common::checkpoint::latest(output).await? else {
+        return Ok(initial);
+    };
+    let url = format!("{}/checkpoints/{name}", output.trim_end_matches('/'));
+    let ckpt = funnel_common::checkpoint::open(&url).await?;
+    let trainer: serde_json::Value = serde_json::from_slice(ckpt.file("trainer.json")?)
+        .map_err(|e| CoordinatorError::Invalid(format!("{url}/trainer.json: {e}")))?;
+    match trainer.get("weighting") {
+        Some(w) => {
+            let state: WeightingState = serde_json::from_value(w.clone()).map_err(|e| {
+                CoordinatorError::Invalid(format!("{url}/trainer.json: weighting: {e}"))
+            })?;
+            info!(checkpoint = %url, weights = ?state.weights, "task weights resumed");
+            Ok(state)
+        }
+        None => Ok(initial),
+    }
+}
+
 /// Binds `listen` (port 0 = ephemeral); the bound address is known before serving.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
     TcpListener::bind(listen)
@@ -79,14 +105,14 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
 /// Serves the job on `listener` until it completes or fails.
 pub async fn serve(
     ctx: JobContext,
-    weights: Vec<f32>,
+    weighting: WeightingState,
     listener: TcpListener,
     token: &JobToken,
 ) -> Result<JobOutcome, CoordinatorError> {
     let span = info_span!("coordinator", job = %ctx.job.spec.name);
     let _span = span.enter();
     let cluster = ctx.job.spec.cluster.clone();
-    let shared = Shared::new(ctx, weights);
+    let shared = Shared::new(ctx, weighting);
     let service = tonic::service::interceptor::InterceptedService::new(
         CoordinatorServer::new(CoordinatorService::new(shared.clone()))
             .max_decoding_message_size(64 << 20)

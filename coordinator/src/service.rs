@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use funnel_common::spec::Weighting;
 use funnel_proto::v1 as pb;
 use pb::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
@@ -255,6 +256,8 @@ impl Coordinator for CoordinatorService {
                     .map(|l| (l.task.clone(), l.loss_sum, l.samples))
                     .collect(),
                 checkpoint: (!r.checkpoint.is_empty()).then(|| r.checkpoint.clone()),
+                grad_norms: r.grad_norms.clone(),
+                initial_losses: r.initial_losses.clone(),
             };
             let outcome = st
                 .epochs
@@ -268,6 +271,21 @@ impl Coordinator for CoordinatorService {
                     info!(epoch, checkpoint = %c, "checkpoint committed");
                     st.checkpoint = Some(c);
                 }
+                // Every rank reports the same all-reduced numbers: rank 0's stand for all.
+                if let Some(first) = reports.first() {
+                    let losses: Vec<f64> = first
+                        .losses
+                        .iter()
+                        .map(|(_, sum, n)| sum / (*n).max(1) as f64)
+                        .collect();
+                    if st.weighting.initial_losses.is_none() && !first.initial_losses.is_empty() {
+                        st.weighting.initial_losses = Some(first.initial_losses.clone());
+                    }
+                    let norms = (!first.grad_norms.is_empty()).then_some(&first.grad_norms[..]);
+                    let spec = &self.shared.ctx.job.spec.loss;
+                    let next = st.weighting.end_epoch(spec, &losses, norms);
+                    info!(epoch, weights = ?next, "task weights for the next epoch");
+                }
                 st.epoch = epoch + 1;
                 if st.epoch as usize >= self.shared.ctx.job.spec.train.epochs {
                     st.done = true;
@@ -279,12 +297,17 @@ impl Coordinator for CoordinatorService {
         }
         let limit = Duration::from_millis(self.cluster().join_timeout_ms);
         let what = format!("epoch {epoch}: waiting for every worker's report");
+        let learned_on_workers = self.shared.ctx.job.spec.loss.weighting == Weighting::Uwl;
         let weights = self
             .shared
             .wait_for(limit, &what, |st| {
-                st.epochs
-                    .is_completed(u64::from(epoch))
-                    .then(|| st.weights.clone())
+                st.epochs.is_completed(u64::from(epoch)).then(|| {
+                    if learned_on_workers {
+                        Vec::new()
+                    } else {
+                        st.weighting.weights.clone()
+                    }
+                })
             })
             .await?;
         Ok(Response::new(pb::ReportEpochResponse {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use funnel_common::manifest::DatasetManifest;
 use funnel_common::spec::Job;
+use funnel_common::weighting::WeightingState;
 use tokio::sync::watch;
 
 use crate::error::CoordinatorError;
@@ -23,6 +24,10 @@ pub struct EpochReport {
     pub losses: Vec<(String, f64, u64)>,
     /// The checkpoint the reporting rank committed, if it wrote one.
     pub checkpoint: Option<String>,
+    /// GradNorm's mean statistics of the epoch (empty: none sampled).
+    pub grad_norms: Vec<f64>,
+    /// GradNorm's L(0) as the worker recorded it.
+    pub initial_losses: Vec<f64>,
 }
 
 /// Everything the coordinator decides from.
@@ -40,8 +45,8 @@ pub struct State {
     pub plans: HashMap<u32, Arc<Vec<PlannedLease>>>,
     /// Leases handed out per (epoch, rank).
     pub served: HashMap<(u32, usize), usize>,
-    /// Task weights in the job's target order.
-    pub weights: Vec<f32>,
+    /// Task weights and the weighting strategy's state.
+    pub weighting: WeightingState,
     /// The epoch in progress (epochs completed).
     pub epoch: u32,
     /// The last checkpoint a worker committed.
@@ -80,8 +85,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh state for `ctx` with `weights` as the initial task weights.
-    pub fn new(ctx: JobContext, weights: Vec<f32>) -> Arc<Self> {
+    /// Fresh state for `ctx` with `weighting` (initial, or restored from a checkpoint).
+    pub fn new(ctx: JobContext, weighting: WeightingState) -> Arc<Self> {
         let workers = ctx.job.spec.cluster.workers;
         let state = State {
             membership: Membership::new(workers, ctx.config_hash),
@@ -90,7 +95,7 @@ impl Shared {
             ledger: Ledger::default(),
             plans: HashMap::new(),
             served: HashMap::new(),
-            weights,
+            weighting,
             epoch: 0,
             checkpoint: None,
             failed: None,

@@ -57,7 +57,11 @@ async fn start(heartbeat_timeout_ms: u64) -> Running {
     let token = JobToken::new("test-token").expect("token");
     let serve_token = token.clone();
     let job = tokio::spawn(async move {
-        funnel_coordinator::serve(ctx, vec![1.0; 4], listener, &serve_token).await
+        let weighting = funnel_common::weighting::WeightingState::new(
+            funnel_common::spec::Weighting::Fixed,
+            &[1.0; 4],
+        );
+        funnel_coordinator::serve(ctx, weighting, listener, &serve_token).await
     });
     Running {
         url,

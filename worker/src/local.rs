@@ -124,6 +124,10 @@ pub fn train_local(
         let record = epoch_record(&trainer, &state, &trained, evaluation.as_ref());
         print_epoch(&record);
         state.history.push(record);
+        trainer.end_epoch(
+            &trained.mean_task_losses(),
+            trained.mean_grad_norms().as_deref(),
+        )?;
         state.epochs_done += 1;
         state.model_train_steps = trainer.model().train_steps();
         write_metrics(&opts.output, &state.history, runtime)?;
@@ -161,6 +165,7 @@ pub(crate) fn fresh_state(trainer: &Trainer) -> TrainerState {
             .into_iter()
             .zip(trainer.weights().iter().copied())
             .collect(),
+        weighting: trainer.weighting().clone(),
         history: Vec::new(),
     }
 }
@@ -184,6 +189,25 @@ pub(crate) struct EpochTraining {
     pub(crate) loss_sum: f64,
     pub(crate) task_loss_sums: Vec<f64>,
     pub(crate) decode: DecodeStats,
+    /// GradNorm statistics: per target, the sum of `G_i` over sampled steps, and their count.
+    pub(crate) grad_norm_sums: Vec<f64>,
+    pub(crate) grad_norm_samples: u64,
+}
+
+impl EpochTraining {
+    /// Mean task losses of the epoch.
+    pub(crate) fn mean_task_losses(&self) -> Vec<f64> {
+        let rows = self.rows.max(1) as f64;
+        self.task_loss_sums.iter().map(|s| s / rows).collect()
+    }
+
+    /// Mean GradNorm statistics of the epoch, if any step sampled them.
+    pub(crate) fn mean_grad_norms(&self) -> Option<Vec<f64>> {
+        (self.grad_norm_samples > 0).then(|| {
+            let n = self.grad_norm_samples as f64;
+            self.grad_norm_sums.iter().map(|s| s / n).collect()
+        })
+    }
 }
 
 fn train_epoch(
@@ -215,6 +239,7 @@ fn train_epoch(
     );
     let mut out = EpochTraining {
         task_loss_sums: vec![0.0; trainer.weights().len()],
+        grad_norm_sums: vec![0.0; trainer.weights().len()],
         ..Default::default()
     };
     let started = Instant::now();
@@ -227,7 +252,8 @@ fn train_epoch(
             }
             EpochItem::Failed(e) => return Err(e.into()),
         };
-        let g = trainer.train_batch(&batch)?;
+        let stats = trainer.samples_stats(state.step + 1);
+        let g = trainer.compute_with(&batch, stats)?;
         tracing::trace!(
             step = state.step + 1,
             ids = funnel_common::hash::xxh64_u64(
@@ -249,6 +275,19 @@ fn train_epoch(
                 batch.rows,
                 batch.origins.first()
             )));
+        }
+        trainer.apply(&g)?;
+        trainer.after_step(
+            &g.task_losses
+                .iter()
+                .map(|&l| f64::from(l))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(sq) = &g.task_grad_sq_norms {
+            out.grad_norm_samples += 1;
+            for (s, v) in out.grad_norm_sums.iter_mut().zip(sq) {
+                *s += f64::from(*v).sqrt();
+            }
         }
         state.step += 1;
         out.steps += 1;
@@ -319,6 +358,7 @@ pub(crate) fn epoch_record(
             "loss": t.loss_sum / rows,
             "task_losses": task_losses,
             "decode": t.decode,
+            "grad_norms": t.mean_grad_norms(),
         },
         "weights": weights,
         "eval": eval.map(|e| json!({"metrics": e.report, "decode": e.decode})),

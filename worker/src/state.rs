@@ -48,6 +48,10 @@ pub struct TrainerState {
     pub layout_hash: String,
     /// Task weights per target, in target order.
     pub weights: Vec<(String, f32)>,
+    /// The weighting strategy's state (GradNorm's L(0), epoch losses, UWL's log-variances), so
+    /// a resumed run continues the same weight trajectory.
+    #[serde(default)]
+    pub weighting: funnel_common::weighting::WeightingState,
     /// One `metrics.jsonl` record per completed epoch.
     pub history: Vec<serde_json::Value>,
 }
@@ -77,6 +81,20 @@ struct OptimizerMeta {
 }
 
 impl Trainer {
+    /// `state` with this trainer's task weights and weighting state.
+    pub fn state_with_weights(&self, state: &TrainerState) -> TrainerState {
+        let mut s = state.clone();
+        s.weights = self
+            .job()
+            .funnel
+            .targets()
+            .map(|(_, st)| st.name.clone())
+            .zip(self.weights.iter().copied())
+            .collect();
+        s.weighting = self.weighting.clone();
+        s
+    }
+
     /// The checkpoint files of this trainer, with `state` as trainer.json.
     pub fn checkpoint_files(
         &self,
@@ -143,7 +161,10 @@ impl Trainer {
             (MODEL.to_string(), model_bytes),
             (OPTIMIZER.to_string(), opt_bytes),
             (CARD.to_string(), to_json(&card)?),
-            (TRAINER.to_string(), to_json(state)?),
+            (
+                TRAINER.to_string(),
+                to_json(&self.state_with_weights(state))?,
+            ),
         ])
     }
 
@@ -241,6 +262,9 @@ impl Trainer {
             )));
         }
         trainer.weights = weights;
+        if !state.weighting.weights.is_empty() {
+            trainer.weighting = state.weighting.clone();
+        }
         Ok((trainer, state))
     }
 }

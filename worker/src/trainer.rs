@@ -12,6 +12,7 @@ use funnel_common::embedding::{
 };
 use funnel_common::model::{FunnelModel, InputDims};
 use funnel_common::spec::{Job, Weighting};
+use funnel_common::weighting::{self as rules, UwlState, WeightingState};
 use std::sync::Arc;
 
 /// This worker's gradients of one batch, of the batch-mean loss.
@@ -27,6 +28,9 @@ pub struct LocalGrads {
     pub dense: Vec<f32>,
     /// Row-sparse gradient per embedding table, in table order.
     pub sparse: Vec<SparseGrad>,
+    /// GradNorm's statistic on sampled steps: per target, the squared norm of its weighted
+    /// gradient at the shared layer (of the batch-mean loss).
+    pub task_grad_sq_norms: Option<Vec<f32>>,
 }
 
 /// The model of one worker: embedding tables and their sparse optimizers, the towers with
@@ -39,6 +43,8 @@ pub struct Trainer {
     pub(crate) sparse_config: SparseOptimizerConfig,
     pub(crate) model: FunnelModel,
     pub(crate) weights: Vec<f32>,
+    /// The weighting strategy's state (weights in f64, L(0), epoch losses, UWL).
+    pub(crate) weighting: WeightingState,
     /// Reused `[rows, emb_dim]` gather buffer.
     emb: Vec<f32>,
 }
@@ -69,6 +75,7 @@ impl Trainer {
         let sparse_config = SparseOptimizerConfig::from_spec(&job.spec.optimizer);
         let sparse = sparse.unwrap_or_else(|| EmbeddingOptimizers::new(&sparse_config, &set));
         let weights = initial_weights(&job)?;
+        let weighting = WeightingState::new(job.spec.loss.weighting, &weights);
         Ok(Self {
             job,
             set,
@@ -76,6 +83,7 @@ impl Trainer {
             sparse_config,
             model,
             weights,
+            weighting,
             emb: Vec::new(),
         })
     }
@@ -100,6 +108,78 @@ impl Trainer {
         &self.weights
     }
 
+    /// The weighting state (checkpointed).
+    pub fn weighting(&self) -> &WeightingState {
+        &self.weighting
+    }
+
+    /// Whether `step` (1-based) samples GradNorm's statistics: every
+    /// `loss.gradnorm_every` steps from the first, when the job uses GradNorm.
+    pub fn samples_stats(&self, step: u64) -> bool {
+        let every = self.job.spec.loss.gradnorm_every.max(1) as u64;
+        self.job.spec.loss.weighting == Weighting::Gradnorm && (step - 1).is_multiple_of(every)
+    }
+
+    /// Sets the task weights (the next epoch's, from the coordinator or the epoch update).
+    pub fn set_weights(&mut self, weights: &[f64]) -> Result<(), WorkerError> {
+        if weights.len() != self.weights.len()
+            || weights.iter().any(|w| !(*w > 0.0 && w.is_finite()))
+        {
+            return Err(WorkerError::Internal(format!(
+                "task weights {weights:?} for {} targets",
+                self.weights.len()
+            )));
+        }
+        self.weighting.weights = weights.to_vec();
+        self.weights = weights.iter().map(|&w| w as f32).collect();
+        Ok(())
+    }
+
+    /// After a step was applied: records the job's first losses (GradNorm's L(0)) and takes
+    /// UWL's step on the log-variances from the step's (global) mean task losses.
+    pub fn after_step(&mut self, task_losses: &[f64]) {
+        if self.weighting.initial_losses.is_none() {
+            self.weighting.initial_losses = Some(task_losses.to_vec());
+        }
+        if self.job.spec.loss.weighting == Weighting::Uwl {
+            let lr = self.job.spec.optimizer.lr;
+            let w = self
+                .weighting
+                .uwl
+                .get_or_insert_with(|| UwlState::new(&self.weighting.weights));
+            w.step(task_losses, lr);
+            self.weighting.weights = rules::uwl_weights(&w.log_vars);
+            self.weights = self.weighting.weights.iter().map(|&x| x as f32).collect();
+        }
+    }
+
+    /// At an epoch's end (single worker, or the coordinator's rule on every worker): the next
+    /// epoch's weights from the epoch's mean task losses and mean GradNorm statistics.
+    pub fn end_epoch(
+        &mut self,
+        losses: &[f64],
+        grad_norms: Option<&[f64]>,
+    ) -> Result<(), WorkerError> {
+        let next = self
+            .weighting
+            .end_epoch(&self.job.spec.loss, losses, grad_norms);
+        self.set_weights(&next)
+    }
+
+    /// Forward and backward on `batch`; parameters are not changed. With `stats`, also
+    /// GradNorm's statistics (one extra towers-only backward per target).
+    pub fn compute_with(&mut self, batch: &Batch, stats: bool) -> Result<LocalGrads, WorkerError> {
+        let mut g = self.compute(batch)?;
+        if stats {
+            let norms = self
+                .model
+                .task_grad_sq_norms(&self.emb, &batch.numeric, &batch.labels, &self.weights)
+                .map_err(|e| WorkerError::Data(e.into()))?;
+            g.task_grad_sq_norms = Some(norms);
+        }
+        Ok(g)
+    }
+
     /// Forward and backward on `batch`; parameters are not changed.
     pub fn compute(&mut self, batch: &Batch) -> Result<LocalGrads, WorkerError> {
         let common = |e: funnel_common::Error| WorkerError::Data(e);
@@ -120,6 +200,7 @@ impl Trainer {
             task_losses: out.task_losses,
             dense: out.dense_grad,
             sparse,
+            task_grad_sq_norms: None,
         })
     }
 
@@ -154,17 +235,10 @@ impl Trainer {
     }
 }
 
-/// Initial task weights from `loss.weights` (missing stages weigh 1), in target order. Only
-/// fixed weighting runs today; the adaptive strategies arrive with the coordinator's weight
-/// updates (issue 5), and are refused rather than silently trained as fixed.
+/// Initial task weights from `loss.weights` (missing stages weigh 1), in target order: fixed
+/// weights, and the starting point of GradNorm, DWA and UWL.
 pub fn initial_weights(job: &Job) -> Result<Vec<f32>, WorkerError> {
     let loss = &job.spec.loss;
-    if loss.weighting != Weighting::Fixed {
-        return Err(WorkerError::Unsupported(format!(
-            "loss.weighting = {:?} is not implemented yet (issue 5); use \"fixed\"",
-            loss.weighting
-        )));
-    }
     Ok(job
         .funnel
         .targets()

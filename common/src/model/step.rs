@@ -118,7 +118,14 @@ impl FunnelModel {
     /// Each tower's logit, `[towers][rows]` (no dropout, no autodiff).
     pub fn tower_logits(&self, emb: &[f32], numeric: &[f32]) -> Result<Vec<Vec<f32>>> {
         let rows = self.rows_of(emb, numeric)?;
-        let g = self.graph(&self.eval_device, emb, numeric, rows, Track::None, &mut None);
+        let g = self.graph(
+            &self.eval_device,
+            emb,
+            numeric,
+            rows,
+            Track::None,
+            &mut None,
+        );
         columns(g.logits, rows)
     }
 
@@ -126,7 +133,14 @@ impl FunnelModel {
     /// autodiff): for prediction and metrics.
     pub fn forward(&self, emb: &[f32], numeric: &[f32]) -> Result<Vec<Vec<f32>>> {
         let rows = self.rows_of(emb, numeric)?;
-        let g = self.graph(&self.eval_device, emb, numeric, rows, Track::None, &mut None);
+        let g = self.graph(
+            &self.eval_device,
+            emb,
+            numeric,
+            rows,
+            Track::None,
+            &mut None,
+        );
         let lp = stage_log_probs(&self.nodes, &g.logits);
         // log P can round a few ulps above 0 where P ~ 1: clamp so consumers see P <= 1.
         let probs = lp.log_p.into_iter().map(|l| l.clamp_max(0.0).exp());

@@ -373,6 +373,9 @@ pub struct LossSpec {
     /// GradNorm's weight update rate.
     #[serde(default = "default_gradnorm_lr")]
     pub gradnorm_lr: f64,
+    /// GradNorm's statistics are measured every this many steps (from the first).
+    #[serde(default = "default_gradnorm_every")]
+    pub gradnorm_every: usize,
     /// DWA's temperature.
     #[serde(default = "default_dwa_temperature")]
     pub dwa_temperature: f64,
@@ -385,6 +388,7 @@ impl Default for LossSpec {
             weights: BTreeMap::new(),
             gradnorm_alpha: default_gradnorm_alpha(),
             gradnorm_lr: default_gradnorm_lr(),
+            gradnorm_every: default_gradnorm_every(),
             dwa_temperature: default_dwa_temperature(),
         }
     }
@@ -449,6 +453,9 @@ impl Default for TrainSpec {
     }
 }
 
+fn default_gradnorm_every() -> usize {
+    10
+}
 fn default_batch_size() -> usize {
     1024
 }

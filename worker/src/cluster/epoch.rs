@@ -78,6 +78,13 @@ pub fn train_epochs(
         };
         let trained = train_epoch(&mut trainer, &mut state, &mut ctx, ring, runtime)?;
         state.epochs_done += 1;
+        // The next epoch's weights by the job's rule, from numbers every rank shares; the
+        // coordinator computes the same and its answer is checked against this below.
+        let weights_in_force = trainer.weights().to_vec();
+        trainer.end_epoch(
+            &trained.mean_task_losses(),
+            trained.mean_grad_norms().as_deref(),
+        )?;
         if state.epochs_done == epochs
             && let Some(ring) = links.take()
         {
@@ -94,7 +101,16 @@ pub fn train_epochs(
             };
             let mut probe = state.clone();
             probe.epochs_done = epoch;
-            let record = epoch_record(&trainer, &probe, &trained, evaluation.as_ref());
+            let mut record = epoch_record(&trainer, &probe, &trained, evaluation.as_ref());
+            // The record holds the weights the epoch trained with.
+            let names = target_names(&trainer);
+            record["weights"] = serde_json::Value::Object(
+                names
+                    .iter()
+                    .zip(&weights_in_force)
+                    .map(|(n, w)| (n.clone(), serde_json::json!(w)))
+                    .collect(),
+            );
             print_epoch(&record);
             state.history.push(record);
             write_metrics(&ctx.output, &state.history, runtime)?;
@@ -118,15 +134,25 @@ pub fn train_epochs(
                 samples: trained.rows,
             })
             .collect();
-        runtime
-            .block_on(ctx.client.report_epoch(pb::ReportEpochRequest {
-                worker_id: ctx.worker_id.clone(),
-                generation: ctx.generation,
-                epoch: epoch as u32,
-                losses,
-                checkpoint: checkpoint_url,
-            }))
-            .map_err(|s| refused("ReportEpoch", s))?;
+        let answer = runtime
+            .block_on(
+                ctx.client.report_epoch(pb::ReportEpochRequest {
+                    worker_id: ctx.worker_id.clone(),
+                    generation: ctx.generation,
+                    epoch: epoch as u32,
+                    losses,
+                    checkpoint: checkpoint_url,
+                    grad_norms: trained.mean_grad_norms().unwrap_or_default(),
+                    initial_losses: trainer
+                        .weighting()
+                        .initial_losses
+                        .clone()
+                        .unwrap_or_default(),
+                }),
+            )
+            .map_err(|s| refused("ReportEpoch", s))?
+            .into_inner();
+        check_weights(&answer.task_weights, &trainer.weighting().weights)?;
         epochs_run += 1;
     }
     if let Some(ring) = links.take() {
@@ -139,6 +165,26 @@ pub fn train_epochs(
         checkpoint: last_checkpoint,
         history: state.history,
     })
+}
+
+/// The coordinator's weights for the next epoch must be the ones this rank computed from the
+/// same reduced numbers (an empty answer: the strategy learns its weights per step, UWL).
+fn check_weights(theirs: &[f64], ours: &[f64]) -> Result<(), WorkerError> {
+    if theirs.is_empty() {
+        return Ok(());
+    }
+    let same = theirs.len() == ours.len()
+        && theirs
+            .iter()
+            .zip(ours)
+            .all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
+    if same {
+        Ok(())
+    } else {
+        Err(WorkerError::Coordinator(format!(
+            "ReportEpoch: the coordinator's task weights {theirs:?} differ from this rank's {ours:?}"
+        )))
+    }
 }
 
 /// One epoch of steps. The sums in the result are over the global batches (identical on
@@ -184,6 +230,7 @@ fn train_epoch(
         .collect();
     let mut out = EpochTraining {
         task_loss_sums: vec![0.0; tasks],
+        grad_norm_sums: vec![0.0; tasks],
         ..Default::default()
     };
     let started = Instant::now();
@@ -204,11 +251,12 @@ fn train_epoch(
                 None => return Err(WorkerError::Internal("lease reader stopped".into())),
             }
         };
+        let step = state.step + 1;
+        let sampled = trainer.samples_stats(step);
         let local = match &input {
-            Some((b, _)) => Some(trainer.compute(b)?),
+            Some((b, _)) => Some(trainer.compute_with(b, sampled)?),
             None => None,
         };
-        let step = state.step + 1;
         if let Some(g) = &local
             && !g.loss.is_finite()
         {
@@ -230,7 +278,7 @@ fn train_epoch(
             &mut links.chunk_tx,
             &mut links.chunk_rx,
         ))?;
-        let reduced = unpack(&mut buf, dense_len, tasks)
+        let reduced = unpack(&mut buf, dense_len, tasks, sampled)
             .map_err(|e| WorkerError::Internal(format!("step {step}: {e}")))?;
         if reduced.rows == 0 {
             break; // every rank's data has ended: the same decision everywhere
@@ -271,7 +319,15 @@ fn train_epoch(
             task_losses: reduced.task_losses.iter().map(|&l| l as f32).collect(),
             dense: buf,
             sparse: merged,
+            task_grad_sq_norms: None,
         })?;
+        trainer.after_step(&reduced.task_losses);
+        if let Some(g) = &reduced.grad_norms {
+            out.grad_norm_samples += 1;
+            for (s, v) in out.grad_norm_sums.iter_mut().zip(g) {
+                *s += v;
+            }
+        }
         state.step = step;
         out.steps += 1;
         out.rows += reduced.rows;

@@ -171,6 +171,7 @@ fn setup(rt: &tokio::runtime::Runtime, base: &str) -> (Vec<RecordBatch>, Vec<Vec
         model_train_steps: 0,
         layout_hash: format!("{:016x}", trainer.model().layout_hash()),
         weights: vec![("click".into(), 1.0)],
+        weighting: trainer.weighting().clone(),
         history: Vec::new(),
     };
     let files = trainer.checkpoint_files(&state).expect("files");
