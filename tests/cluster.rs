@@ -122,6 +122,15 @@ fn trained_steps(output: &Path) -> u64 {
 
 /// Runs 1 and 3 workers on the same data and returns (worst relative difference, tensor, steps).
 fn equivalence(dir: &Path, optimizer: &str) -> (f64, String, u64) {
+    equivalence_with(dir, optimizer, &[]).0
+}
+
+/// [`equivalence`] with more spec edits; also returns the two outputs.
+fn equivalence_with(
+    dir: &Path,
+    optimizer: &str,
+    more: &[(&str, &str)],
+) -> ((f64, String, u64), std::path::PathBuf, std::path::PathBuf) {
     // 160 full row groups (no eval split, so no row group is partial): 53 steps of three,
     // then a last step where ranks 1 and 2 join with zero rows.
     let spec = setup(
@@ -139,7 +148,10 @@ fn equivalence(dir: &Path, optimizer: &str) -> (f64, String, u64) {
                 "[optimizer]\ndense = \"adam\"\nlr = 0.001\nsparse = \"lazy-adam\"",
                 optimizer,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(more.iter().copied())
+        .collect::<Vec<_>>(),
     );
     let one = dir.join("one");
     let three = dir.join("three");
@@ -152,7 +164,35 @@ fn equivalence(dir: &Path, optimizer: &str) -> (f64, String, u64) {
         &tensors(&three, "model.safetensors"),
         &tensors(&one, "model.safetensors"),
     );
-    (rel, name, steps)
+    ((rel, name, steps), one, three)
+}
+
+/// Each epoch's task weights in metrics.jsonl, then the next epoch's from trainer.json.
+fn weight_trajectory(output: &Path) -> Vec<Vec<f64>> {
+    let lines = std::fs::read_to_string(output.join("metrics.jsonl")).expect("metrics.jsonl");
+    let mut out: Vec<Vec<f64>> = lines
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).expect("json");
+            let w = r["weights"].as_object().expect("weights").clone();
+            w.values().map(|v| v.as_f64().expect("weight")).collect()
+        })
+        .collect();
+    let ckpt = output.join("checkpoints");
+    let latest = std::fs::read_to_string(ckpt.join("LATEST")).expect("LATEST");
+    let trainer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ckpt.join(latest.trim()).join("trainer.json")).expect("trainer.json"),
+    )
+    .expect("json");
+    out.push(
+        trainer["weighting"]["weights"]
+            .as_array()
+            .expect("weights")
+            .iter()
+            .map(|v| v.as_f64().expect("weight"))
+            .collect(),
+    );
+    out
 }
 
 #[test]
@@ -179,6 +219,30 @@ fn three_workers_track_one_worker_under_adam() {
     // Measured 8e-8 over 54 steps. Adam divides by sqrt(v): where a coordinate's gradients
     // stay ~0, the rounding noise of the sum order is amplified toward +-lr per step, so the
     // gap can grow with much longer runs than this (docs/cluster.md).
+    assert!(rel <= 1e-5, "{name}: relative difference {rel:.3e} > 1e-5");
+}
+
+#[test]
+fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((rel, name, _), one, three) = equivalence_with(
+        dir.path(),
+        "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"",
+        &[
+            ("epochs = 1", "epochs = 3"),
+            (
+                "weighting = \"fixed\"",
+                "weighting = \"gradnorm\"\ngradnorm_every = 4\ngradnorm_lr = 0.5",
+            ),
+        ],
+    );
+    let (a, b) = (weight_trajectory(&one), weight_trajectory(&three));
+    eprintln!("weights, 1 worker {a:?}\n3 workers {b:?}\nmodel: {rel:.3e} ({name})");
+    assert_eq!(a.len(), 4, "3 epochs and the next");
+    assert_ne!(a[0], a[3], "GradNorm never moved the weights");
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
     assert!(rel <= 1e-5, "{name}: relative difference {rel:.3e} > 1e-5");
 }
 

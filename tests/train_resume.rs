@@ -1,6 +1,7 @@
 //! `funnel train` as real processes: a run killed (SIGKILL) after its first epoch's checkpoint
-//! and restarted on the same output ends bit-identical to an uninterrupted run; a checkpoint
-//! whose files do not match their MANIFEST is refused, naming the file.
+//! and restarted on the same output ends bit-identical to an uninterrupted run, GradNorm's
+//! weight trajectory included; a checkpoint whose files do not match their MANIFEST is refused,
+//! naming the file.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::process::{Command, Stdio};
 use support::funnel;
 
 /// Small data and a spec with small towers, dropout (so the dropout stream must resume too),
+/// GradNorm with a large rate (so the weights move every epoch and their state must resume),
 /// and three epochs.
 fn setup(dir: &Path) -> String {
     let data = format!("file://{}/data", dir.display());
@@ -37,8 +39,13 @@ fn setup(dir: &Path) -> String {
     let text = text
         .replace("hidden = [256, 128]", "hidden = [16, 8]\ndropout = 0.1")
         .replace("batch_size = 1024", "batch_size = 256")
-        .replace("epochs = 2", "epochs = 3");
+        .replace("epochs = 2", "epochs = 3")
+        .replace(
+            "weighting = \"fixed\"",
+            "weighting = \"gradnorm\"\ngradnorm_every = 3\ngradnorm_lr = 0.5",
+        );
     assert!(text.contains("dropout = 0.1") && text.contains("epochs = 3"));
+    assert!(text.contains("gradnorm_every = 3"));
     std::fs::write(&spec, text).expect("write spec");
     spec
 }
@@ -131,12 +138,19 @@ fn killed_after_epoch_one_and_resumed_equals_uninterrupted() {
             .expect("metrics.jsonl")
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
-            .map(|r| r["eval"]["metrics"].clone())
+            .map(|r| serde_json::json!([r["eval"]["metrics"], r["weights"]]))
             .collect()
     };
     let (ma, mb) = (metrics(&straight), metrics(&resumed));
     assert_eq!(ma.len(), 3);
     assert_eq!(ma, mb);
+    // GradNorm moved the weights (the trajectory compared above is not a constant one).
+    assert_ne!(ma[0][1], ma[2][1], "weights never changed: {ma:?}");
+    let trainer = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("trainer.json")).expect("trainer.json"))
+            .expect("json")
+    };
+    assert_eq!(trainer(&a)["weighting"], trainer(&b)["weighting"]);
 
     // A finished output has nothing left to do.
     let run = train(&spec, &resumed).success();
