@@ -56,6 +56,7 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
         ("train.batch_size", spec.train.batch_size),
         ("train.epochs", spec.train.epochs),
         ("cluster.workers", spec.cluster.workers),
+        ("loss.gradnorm_every", spec.loss.gradnorm_every),
         ("cluster.chunk_values", spec.cluster.chunk_values),
     ] {
         if v == 0 {

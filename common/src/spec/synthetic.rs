@@ -75,7 +75,7 @@ lr = 0.001
 sparse = "lazy-adam"
 
 [loss]
-# "gradnorm", "uwl" and "dwa" arrive with issue 5.
+# "fixed", "gradnorm", "dwa" or "uwl" (docs/weighting.md).
 weighting = "fixed"
 
 [train]
