@@ -89,20 +89,7 @@ pub fn train_local(
         "training data"
     );
 
-    let (mut trainer, mut state) = match runtime.block_on(checkpoint::latest(&opts.output))? {
-        Some(name) => {
-            let url = format!("{}/checkpoints/{name}", opts.output.trim_end_matches('/'));
-            let ckpt = runtime.block_on(checkpoint::open(&url))?;
-            let (t, s) = Trainer::restore(job.clone(), &ckpt)?;
-            info!(checkpoint = %ckpt.url, step = s.step, epochs_done = s.epochs_done, "resuming");
-            (t, s)
-        }
-        None => {
-            let t = Trainer::new(job.clone())?;
-            let s = fresh_state(&t);
-            (t, s)
-        }
-    };
+    let (mut trainer, mut state) = start_state(&job, &opts.output, runtime)?;
     let epochs = job.spec.train.epochs as u64;
     let mut last_checkpoint = None;
     let mut epochs_run = 0;
@@ -148,6 +135,46 @@ pub fn train_local(
         checkpoint: last_checkpoint,
         history: state.history,
     })
+}
+
+/// Where training starts: the output's latest checkpoint (like a restarted elastic job), or a
+/// model initialised from the seed.
+pub(crate) fn start_state(
+    job: &Arc<Job>,
+    output: &str,
+    runtime: &Handle,
+) -> Result<(Trainer, TrainerState), WorkerError> {
+    Ok(match runtime.block_on(checkpoint::latest(output))? {
+        Some(name) => {
+            let url = format!("{}/checkpoints/{name}", output.trim_end_matches('/'));
+            let ckpt = runtime.block_on(checkpoint::open(&url))?;
+            let (t, s) = Trainer::restore(job.clone(), &ckpt)?;
+            info!(checkpoint = %ckpt.url, step = s.step, epochs_done = s.epochs_done, "resuming");
+            (t, s)
+        }
+        None => {
+            let t = Trainer::new(job.clone())?;
+            let s = fresh_state(&t);
+            (t, s)
+        }
+    })
+}
+
+/// The end of an epoch's loop: its duration, the bar cleared, the log line.
+pub(crate) fn finish_epoch(
+    out: &mut EpochTraining,
+    started: Instant,
+    bar: &ProgressBar,
+    step: u64,
+) {
+    out.seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    info!(
+        step,
+        rows = out.rows,
+        rows_per_s = out.rows as f64 / out.seconds.max(1e-9),
+        "epoch trained"
+    );
 }
 
 /// trainer.json of a model that has not trained yet.
@@ -301,14 +328,7 @@ fn train_epoch(
             bar.set_message(format!("loss {:.4}", out.loss_sum / out.rows as f64));
         }
     }
-    out.seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    info!(
-        step = state.step,
-        rows = out.rows,
-        rows_per_s = out.rows as f64 / out.seconds.max(1e-9),
-        "epoch trained"
-    );
+    finish_epoch(&mut out, started, &bar, state.step);
     Ok(out)
 }
 

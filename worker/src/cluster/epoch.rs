@@ -24,7 +24,8 @@ use super::pack::{pack, scale_sparse, unpack};
 use crate::WorkerError;
 use crate::evaluate::evaluate;
 use crate::local::{
-    EpochTraining, RunSummary, epoch_record, print_epoch, progress_bar, target_names, write_metrics,
+    EpochTraining, RunSummary, epoch_record, finish_epoch, print_epoch, progress_bar, target_names,
+    write_metrics,
 };
 use crate::ring::{RingConfig, StepTag, all_reduce, sparse_exchange};
 use crate::state::TrainerState;
@@ -355,13 +356,6 @@ fn train_epoch(
             );
         }
     }
-    out.seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    info!(
-        step = state.step,
-        rows = out.rows,
-        rows_per_s = out.rows as f64 / out.seconds.max(1e-9),
-        "epoch trained"
-    );
+    finish_epoch(&mut out, started, &bar, state.step);
     Ok(out)
 }

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use funnel_common::checkpoint;
 use funnel_common::columns::DecodePlan;
 use funnel_common::reader::ShardReader;
 use funnel_proto::auth::JobToken;
@@ -26,9 +25,8 @@ use tokio::runtime::Handle;
 use tracing::{info, info_span, warn};
 
 use crate::WorkerError;
-use crate::local::{RunSummary, fresh_state};
+use crate::local::{RunSummary, start_state};
 use crate::ring::{PeerId, RingConfig};
-use crate::trainer::Trainer;
 use crate::transport::{GenerationLinks, PeerNode};
 
 /// How to run a worker.
@@ -71,20 +69,7 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
     crate::threads::init_compute_threads(threads);
 
     // Every worker starts from the same state: the output's latest checkpoint, or the seed.
-    let (trainer, state) = match runtime.block_on(checkpoint::latest(&served.output))? {
-        Some(name) => {
-            let url = format!("{}/checkpoints/{name}", served.output.trim_end_matches('/'));
-            let ckpt = runtime.block_on(checkpoint::open(&url))?;
-            let (t, s) = Trainer::restore(job.clone(), &ckpt)?;
-            info!(checkpoint = %ckpt.url, step = s.step, epochs_done = s.epochs_done, "resuming");
-            (t, s)
-        }
-        None => {
-            let t = Trainer::new(job.clone())?;
-            let s = fresh_state(&t);
-            (t, s)
-        }
-    };
+    let (trainer, state) = start_state(&job, &served.output, runtime)?;
     let layout_hash = trainer.model().layout_hash();
 
     let node = {

@@ -65,24 +65,21 @@ impl F32Bytes {
     /// Adds the values into `dst` (same length); `Err(k)` if value `k` is not finite, in which
     /// case `dst` is partly updated and the step must be dropped.
     pub fn add_into(&self, dst: &mut [f32]) -> Result<(), usize> {
-        let mut bad = None;
-        for (k, (d, v)) in dst.iter_mut().zip(self.iter()).enumerate() {
-            if !v.is_finite() && bad.is_none() {
-                bad = Some(k);
-            }
-            *d += v;
-        }
-        bad.map_or(Ok(()), Err)
+        self.apply(dst, |d, v| *d += v)
     }
 
     /// Copies the values into `dst` (same length); `Err(k)` if value `k` is not finite.
     pub fn copy_into(&self, dst: &mut [f32]) -> Result<(), usize> {
+        self.apply(dst, |d, v| *d = v)
+    }
+
+    fn apply(&self, dst: &mut [f32], op: impl Fn(&mut f32, f32)) -> Result<(), usize> {
         let mut bad = None;
         for (k, (d, v)) in dst.iter_mut().zip(self.iter()).enumerate() {
             if !v.is_finite() && bad.is_none() {
                 bad = Some(k);
             }
-            *d = v;
+            op(d, v);
         }
         bad.map_or(Ok(()), Err)
     }
