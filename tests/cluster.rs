@@ -224,26 +224,39 @@ fn three_workers_track_one_worker_under_adam() {
 
 #[test]
 fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ((rel, name, _), one, three) = equivalence_with(
-        dir.path(),
-        "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"",
-        &[
-            ("epochs = 1", "epochs = 3"),
-            (
-                "weighting = \"fixed\"",
-                "weighting = \"gradnorm\"\ngradnorm_every = 4\ngradnorm_lr = 0.5",
-            ),
-        ],
-    );
-    let (a, b) = (weight_trajectory(&one), weight_trajectory(&three));
-    eprintln!("weights, 1 worker {a:?}\n3 workers {b:?}\nmodel: {rel:.3e} ({name})");
-    assert_eq!(a.len(), 4, "3 epochs and the next");
-    assert_ne!(a[0], a[3], "GradNorm never moved the weights");
-    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
-        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    // Per epoch (at the coordinator), then every 10 steps (on every worker).
+    for (weighting, update) in [
+        ("gradnorm_every = 4\ngradnorm_lr = 0.5", "per epoch"),
+        (
+            "gradnorm_every = 2\ngradnorm_lr = 0.2\ngradnorm_update_every = 10",
+            "every 10 steps",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with = format!("weighting = \"gradnorm\"\n{weighting}");
+        let ((rel, name, _), one, three) = equivalence_with(
+            dir.path(),
+            "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"",
+            &[
+                ("epochs = 1", "epochs = 3"),
+                ("weighting = \"fixed\"", &with),
+            ],
+        );
+        let (a, b) = (weight_trajectory(&one), weight_trajectory(&three));
+        eprintln!("{update}: 1 worker {a:?}\n3 workers {b:?}\nmodel: {rel:.3e} ({name})");
+        assert_eq!(a.len(), 4, "3 epochs and the next");
+        assert_ne!(a[0], a[3], "{update}: GradNorm never moved the weights");
+        for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+                "{update}: {a:?} vs {b:?}"
+            );
+        }
+        assert!(
+            rel <= 1e-5,
+            "{update}: {name}: relative difference {rel:.3e} > 1e-5"
+        );
     }
-    assert!(rel <= 1e-5, "{name}: relative difference {rel:.3e} > 1e-5");
 }
 
 #[test]

@@ -149,6 +149,29 @@ pub struct WeightingState {
     /// UWL's learned state.
     #[serde(default)]
     pub uwl: Option<UwlState>,
+    /// GradNorm every N steps: the open window's sums.
+    #[serde(default)]
+    pub window: StepWindow,
+}
+
+/// Sums over the steps since GradNorm's last step-level update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StepWindow {
+    /// Per task, the sum of the steps' mean losses.
+    pub loss_sums: Vec<f64>,
+    /// Steps summed in `loss_sums`.
+    pub steps: u64,
+    /// Per task, the sum of the sampled steps' `G_i`.
+    pub grad_norm_sums: Vec<f64>,
+    /// Sampled steps summed in `grad_norm_sums`.
+    pub samples: u64,
+}
+
+/// Whether weights are updated on the workers as training goes (UWL every step, GradNorm
+/// every `gradnorm_update_every` steps) rather than at epoch ends.
+pub fn learned_on_workers(spec: &LossSpec) -> bool {
+    spec.weighting == Weighting::Uwl
+        || (spec.weighting == Weighting::Gradnorm && spec.gradnorm_update_every > 0)
 }
 
 impl WeightingState {
@@ -161,7 +184,65 @@ impl WeightingState {
             initial_losses: None,
             epoch_losses: Vec::new(),
             uwl,
+            window: StepWindow::default(),
         }
+    }
+
+    /// After a step, with its (global) mean task losses and, on sampled steps, its GradNorm
+    /// statistics: the step-level GradNorm update every `gradnorm_update_every` steps. Returns
+    /// whether the weights changed.
+    pub fn after_step(
+        &mut self,
+        spec: &LossSpec,
+        step: u64,
+        losses: &[f64],
+        grad_norms: Option<&[f64]>,
+    ) -> bool {
+        if spec.weighting != Weighting::Gradnorm || spec.gradnorm_update_every == 0 {
+            return false;
+        }
+        let t = self.weights.len();
+        let w = &mut self.window;
+        if w.loss_sums.len() != t {
+            *w = StepWindow {
+                loss_sums: vec![0.0; t],
+                grad_norm_sums: vec![0.0; t],
+                ..StepWindow::default()
+            };
+        }
+        w.loss_sums
+            .iter_mut()
+            .zip(losses)
+            .for_each(|(s, l)| *s += l);
+        w.steps += 1;
+        if let Some(g) = grad_norms {
+            w.grad_norm_sums
+                .iter_mut()
+                .zip(g)
+                .for_each(|(s, x)| *s += x);
+            w.samples += 1;
+        }
+        if !step.is_multiple_of(spec.gradnorm_update_every as u64) || w.samples == 0 {
+            return false;
+        }
+        let mean = |v: &[f64], n: u64| -> Vec<f64> { v.iter().map(|x| x / n as f64).collect() };
+        let (losses, norms) = (
+            mean(&w.loss_sums, w.steps),
+            mean(&w.grad_norm_sums, w.samples),
+        );
+        self.window = StepWindow::default();
+        let Some(l0) = &self.initial_losses else {
+            return false;
+        };
+        self.weights = gradnorm_update(
+            &self.weights,
+            &losses,
+            l0,
+            &norms,
+            spec.gradnorm_alpha,
+            spec.gradnorm_lr,
+        );
+        true
     }
 
     /// Records an epoch's mean task losses (and, for GradNorm, its mean statistics) and returns
@@ -173,6 +254,9 @@ impl WeightingState {
         grad_norms: Option<&[f64]>,
     ) -> Vec<f64> {
         self.epoch_losses.push(losses.to_vec());
+        if learned_on_workers(spec) {
+            return self.weights.clone();
+        }
         let next = match spec.weighting {
             Weighting::Fixed | Weighting::Uwl => self.weights.clone(),
             Weighting::Gradnorm => match (grad_norms, &self.initial_losses) {
@@ -260,6 +344,29 @@ mod tests {
         let gap: Vec<f64> = ratios.iter().map(|r| r.ln().abs()).collect();
         assert!(gap[..5].windows(2).all(|p| p[1] < p[0]), "{ratios:?}");
         assert!(gap[4..].iter().all(|g| *g < 0.6), "{ratios:?}");
+    }
+
+    #[test]
+    fn step_level_gradnorm_updates_every_n_steps_from_window_means() {
+        let spec = LossSpec {
+            weighting: Weighting::Gradnorm,
+            gradnorm_update_every: 2,
+            gradnorm_lr: 0.1,
+            ..LossSpec::default()
+        };
+        let mut st = WeightingState::new(Weighting::Gradnorm, &[1.0, 1.0]);
+        st.initial_losses = Some(vec![1.0, 1.0]);
+        assert!(!st.after_step(&spec, 1, &[0.5, 0.5], Some(&[4.0, 1.0])));
+        assert!(st.after_step(&spec, 2, &[0.5, 0.5], Some(&[2.0, 1.0])));
+        // Window means: losses (0.5, 0.5), norms (3, 1): the same as one epoch-level update.
+        close(
+            &st.weights,
+            &gradnorm_update(&[1.0, 1.0], &[0.5, 0.5], &[1.0, 1.0], &[3.0, 1.0], 1.5, 0.1),
+        );
+        assert_eq!(st.window, StepWindow::default());
+        // Epoch ends leave step-level weights alone.
+        let w = st.weights.clone();
+        assert_eq!(st.end_epoch(&spec, &[0.4, 0.4], Some(&[1.0, 1.0])), w);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use funnel_common::spec::Weighting;
 use funnel_proto::v1 as pb;
 use pb::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
@@ -297,7 +296,8 @@ impl Coordinator for CoordinatorService {
         }
         let limit = Duration::from_millis(self.cluster().join_timeout_ms);
         let what = format!("epoch {epoch}: waiting for every worker's report");
-        let learned_on_workers = self.shared.ctx.job.spec.loss.weighting == Weighting::Uwl;
+        let learned_on_workers =
+            funnel_common::weighting::learned_on_workers(&self.shared.ctx.job.spec.loss);
         let weights = self
             .shared
             .wait_for(limit, &what, |st| {

@@ -304,16 +304,16 @@ fn train_epoch(
             )));
         }
         trainer.apply(&g)?;
-        trainer.after_step(
-            &g.task_losses
-                .iter()
-                .map(|&l| f64::from(l))
-                .collect::<Vec<_>>(),
-        );
-        if let Some(sq) = &g.task_grad_sq_norms {
+        let norms: Option<Vec<f64>> = g
+            .task_grad_sq_norms
+            .as_ref()
+            .map(|sq| sq.iter().map(|v| f64::from(*v).sqrt()).collect());
+        let losses: Vec<f64> = g.task_losses.iter().map(|&l| f64::from(l)).collect();
+        trainer.after_step(state.step + 1, &losses, norms.as_deref());
+        if let Some(n) = &norms {
             out.grad_norm_samples += 1;
-            for (s, v) in out.grad_norm_sums.iter_mut().zip(sq) {
-                *s += f64::from(*v).sqrt();
+            for (s, v) in out.grad_norm_sums.iter_mut().zip(n) {
+                *s += v;
             }
         }
         state.step += 1;

@@ -135,22 +135,30 @@ impl Trainer {
         Ok(())
     }
 
-    /// After a step was applied: records the job's first losses (GradNorm's L(0)) and takes
-    /// UWL's step on the log-variances from the step's (global) mean task losses.
-    pub fn after_step(&mut self, task_losses: &[f64]) {
+    /// After a step was applied, with the step's (global) mean task losses and, on sampled
+    /// steps, its GradNorm statistics: records the job's first losses (GradNorm's L(0)), takes
+    /// UWL's step on the log-variances, and GradNorm's step-level update when configured. Every
+    /// rank calls it with the same all-reduced numbers, so all stay identical.
+    pub fn after_step(&mut self, step: u64, task_losses: &[f64], grad_norms: Option<&[f64]>) {
         if self.weighting.initial_losses.is_none() {
             self.weighting.initial_losses = Some(task_losses.to_vec());
         }
-        if self.job.spec.loss.weighting == Weighting::Uwl {
-            let lr = self.job.spec.optimizer.lr;
+        let spec = &self.job.spec;
+        if spec.loss.weighting == Weighting::Uwl {
+            let lr = spec.optimizer.lr;
             let w = self
                 .weighting
                 .uwl
                 .get_or_insert_with(|| UwlState::new(&self.weighting.weights));
             w.step(task_losses, lr);
             self.weighting.weights = rules::uwl_weights(&w.log_vars);
-            self.weights = self.weighting.weights.iter().map(|&x| x as f32).collect();
+        } else if !self
+            .weighting
+            .after_step(&spec.loss, step, task_losses, grad_norms)
+        {
+            return;
         }
+        self.weights = self.weighting.weights.iter().map(|&x| x as f32).collect();
     }
 
     /// At an epoch's end (single worker, or the coordinator's rule on every worker): the next

@@ -376,6 +376,9 @@ pub struct LossSpec {
     /// GradNorm's statistics are measured every this many steps (from the first).
     #[serde(default = "default_gradnorm_every")]
     pub gradnorm_every: usize,
+    /// GradNorm updates the weights every this many steps; 0 = once per epoch (default).
+    #[serde(default)]
+    pub gradnorm_update_every: usize,
     /// DWA's temperature.
     #[serde(default = "default_dwa_temperature")]
     pub dwa_temperature: f64,
@@ -389,6 +392,7 @@ impl Default for LossSpec {
             gradnorm_alpha: default_gradnorm_alpha(),
             gradnorm_lr: default_gradnorm_lr(),
             gradnorm_every: default_gradnorm_every(),
+            gradnorm_update_every: 0,
             dwa_temperature: default_dwa_temperature(),
         }
     }

@@ -322,7 +322,7 @@ fn train_epoch(
             sparse: merged,
             task_grad_sq_norms: None,
         })?;
-        trainer.after_step(&reduced.task_losses);
+        trainer.after_step(step, &reduced.task_losses, reduced.grad_norms.as_deref());
         if let Some(g) = &reduced.grad_norms {
             out.grad_norm_samples += 1;
             for (s, v) in out.grad_norm_sums.iter_mut().zip(g) {
