@@ -40,6 +40,24 @@ fn setup(dir: &Path, weighting: &str) -> String {
     spec
 }
 
+/// Trains `spec` into `<dir>/out` on one compute thread (reproducible) and returns its
+/// metrics.jsonl records.
+fn train(dir: &Path, spec: &str) -> Vec<serde_json::Value> {
+    let out = dir.join("out");
+    let url = format!("file://{}", out.display());
+    funnel(&[
+        "train",
+        "--config",
+        spec,
+        "--output",
+        &url,
+        "--threads",
+        "1",
+    ])
+    .success();
+    records(&out)
+}
+
 fn records(output: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(output.join("metrics.jsonl"))
         .expect("metrics.jsonl")
@@ -64,18 +82,7 @@ fn gradnorm_shrinks_a_tenfold_gradient_imbalance_epoch_over_epoch() {
         "weighting = \"gradnorm\"\ngradnorm_every = 2\ngradnorm_lr = 0.2\n\
          weights = { click = 10.0, favorite = 1.0, order = 1.0, pay = 1.0 }",
     );
-    let out = dir.path().join("out");
-    funnel(&[
-        "train",
-        "--config",
-        &spec,
-        "--output",
-        &format!("file://{}", out.display()),
-        "--threads",
-        "1",
-    ])
-    .success();
-    let recs = records(&out);
+    let recs = train(dir.path(), &spec);
     assert_eq!(recs.len(), 4);
     // |ln(G_click / G_pay)|: how far apart the weighted gradient norms at the shared layer of
     // the constructed pair are, per epoch (0 = balanced).
@@ -110,18 +117,7 @@ fn every_strategy_trains_and_logs_positive_weights() {
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = setup(dir.path(), weighting);
-        let out = dir.path().join("out");
-        funnel(&[
-            "train",
-            "--config",
-            &spec,
-            "--output",
-            &format!("file://{}", out.display()),
-            "--threads",
-            "1",
-        ])
-        .success();
-        let recs = records(&out);
+        let recs = train(dir.path(), &spec);
         let weights: Vec<Vec<f64>> = recs.iter().map(|r| values(&r["weights"])).collect();
         eprintln!("{weighting}: {weights:?}");
         assert_eq!(weights.len(), 4);
