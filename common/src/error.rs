@@ -130,6 +130,14 @@ pub enum Error {
         message: String,
     },
     /// A checkpoint that cannot be written, found or trusted.
+    /// The exactly-once audit's files cannot be written or read.
+    #[error("audit {url}: {message}")]
+    Audit {
+        /// The audit file or directory.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     #[error("checkpoint {url}: {message}")]
     Checkpoint {
         /// Checkpoint (or output) URL.

@@ -1,6 +1,7 @@
 //! `funnel-common`: what the coordinator, the workers and the CLI share. No servers here.
 //!
 //! Map of modules:
+//! - [`audit`]: the exactly-once audit: rows per committed step, written per epoch, and the check.
 //! - [`spec`]: the job spec (TOML, versioned), funnel presets and validation with key paths.
 //! - [`store`]: object-store URLs (`s3://`, `gs://`, `az://`, `file://`, `memory://`, paths).
 //! - [`hash`]: the stable feature hash that serving systems reproduce.
@@ -22,6 +23,7 @@
 //! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
 //! - [`error`]: the crate's error type.
 
+pub mod audit;
 pub mod batch;
 pub mod checkpoint;
 pub mod columns;

@@ -480,8 +480,8 @@ pub struct ClusterSpec {
     /// Milliseconds between two heartbeats of a worker.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
-    /// A worker silent for this many milliseconds is declared dead (the job fails until
-    /// failure recovery lands).
+    /// A worker silent for this many milliseconds is declared dead: the coordinator forms a new
+    /// ring generation from the survivors and returns the dead worker's leases to the queue.
     #[serde(default = "default_heartbeat_timeout_ms")]
     pub heartbeat_timeout_ms: u64,
     /// Longest wait, in milliseconds, for one ring message or one step vote.
@@ -494,6 +494,10 @@ pub struct ClusterSpec {
     /// f32 values per all-reduce chunk: a rank forwards one chunk while the next arrives.
     #[serde(default = "default_chunk_values")]
     pub chunk_values: usize,
+    /// Write, per epoch, the coordinates of every row each committed step consumed
+    /// (`<output>/audit/`), for `funnel audit` to prove each row counted exactly once.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 impl Default for ClusterSpec {
@@ -505,6 +509,7 @@ impl Default for ClusterSpec {
             step_timeout_ms: default_step_timeout_ms(),
             join_timeout_ms: default_join_timeout_ms(),
             chunk_values: default_chunk_values(),
+            audit: false,
         }
     }
 }
