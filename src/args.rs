@@ -52,6 +52,20 @@ pub enum Command {
     /// validate it, train it on a local cluster of `--workers` processes (checkpoints and
     /// metrics.jsonl under `<dir>/output`).
     Demo(DemoArgs),
+    /// Prove exactly-once for a job run with `cluster.audit = true`: for every epoch audited
+    /// under `<output>/audit/`, each row of the training data appears exactly once among the
+    /// rows of the committed steps. Exits 1 naming missing, repeated or foreign rows otherwise.
+    Audit(AuditArgs),
+}
+
+/// `funnel audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The job's output URL (the directory that holds `audit/` and `checkpoints/`).
+    pub output: String,
+    /// Print the per-epoch results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `funnel validate`.

@@ -8,8 +8,10 @@ mod cluster;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{Context, Result};
-use args::{Cli, Command, DemoArgs, GenDataArgs, LogFormat, PredictArgs, TrainArgs, ValidateArgs};
+use anyhow::{Context, Result, bail};
+use args::{
+    AuditArgs, Cli, Command, DemoArgs, GenDataArgs, LogFormat, PredictArgs, TrainArgs, ValidateArgs,
+};
 use clap::Parser;
 use funnel_common::spec::{Job, synthetic_job_toml};
 use funnel_common::store::StoreUrl;
@@ -52,7 +54,51 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo(a) => run_demo(a).await,
         Command::Coordinator(a) => cluster::run_coordinator(a).await,
         Command::Worker(a) => cluster::run_worker(a).await,
+        Command::Audit(a) => run_audit(a).await,
     }
+}
+
+async fn run_audit(a: AuditArgs) -> Result<()> {
+    let epochs = funnel_common::audit::audit_output(&a.output).await?;
+    if epochs.is_empty() {
+        bail!(
+            "{}: no audited epoch (run the job with `cluster.audit = true`)",
+            a.output
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&epochs)?);
+    }
+    for e in &epochs {
+        if !a.json {
+            println!(
+                "epoch {}: {} rows planned, {} recorded: {} missing, {} twice, {} outside the data: {}",
+                e.epoch,
+                e.planned,
+                e.recorded,
+                e.missing,
+                e.duplicated,
+                e.outside,
+                if e.passed() { "exactly once" } else { "FAILED" }
+            );
+        }
+        for x in &e.examples {
+            eprintln!("  epoch {}: {x}", e.epoch);
+        }
+    }
+    let failed: Vec<u32> = epochs
+        .iter()
+        .filter(|e| !e.passed())
+        .map(|e| e.epoch)
+        .collect();
+    if !failed.is_empty() {
+        bail!("audit of {} failed for epochs {failed:?}", a.output);
+    }
+    println!(
+        "ok: every row of {} epochs counted exactly once",
+        epochs.len()
+    );
+    Ok(())
 }
 
 async fn run_validate(a: ValidateArgs) -> Result<()> {

@@ -25,6 +25,22 @@ pub enum CoordinatorError {
     /// A call from a worker id the coordinator does not know.
     #[error("unknown worker {0:?}: register first")]
     UnknownWorker(String),
+    /// A call from a worker removed from the ring (declared dead, or cut off): it must stop.
+    #[error("{worker} was removed from the ring ({reason}); its calls are refused")]
+    Fenced {
+        /// The caller.
+        worker: String,
+        /// Why it was removed.
+        reason: String,
+    },
+    /// A commit report that would break exactly-once (a row counted twice, out of range).
+    #[error("{worker}: {problem}")]
+    Ledger {
+        /// The caller.
+        worker: String,
+        /// What is wrong with its rows.
+        problem: crate::ledger::LedgerError,
+    },
     /// A call from an older (or future) ring generation.
     #[error("{worker}: generation {got}, the ring is in generation {current}")]
     Generation {
@@ -68,6 +84,8 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::Join(_)
             | CoordinatorError::Vote { .. }
             | CoordinatorError::Generation { .. }
+            | CoordinatorError::Fenced { .. }
+            | CoordinatorError::Ledger { .. }
             | CoordinatorError::Layout { .. } => Status::failed_precondition(msg),
             CoordinatorError::UnknownWorker(_) => Status::not_found(msg),
             CoordinatorError::Invalid(_) => Status::invalid_argument(msg),

@@ -4,9 +4,10 @@
 //! Every decision is a pure function or a pure state transition, tested on its own; the
 //! service only checks callers and waits:
 //! - [`plan`]: epoch plans (deterministic per seed and epoch) and round-robin lease ownership.
-//! - [`membership`]: registration, ranks, the generation, heartbeat expiry.
+//! - [`leases`]: who holds which lease; a dead worker's leases and queue go to the others.
+//! - [`membership`]: registration, ranks, generations, heartbeat expiry, removal and fencing.
 //! - [`votes`]: rounds that complete when every member reported them (step commits, epochs).
-//! - [`ledger`]: committed cursors per lease.
+//! - [`ledger`]: the exact rows committed per lease; a row counted twice is refused.
 //! - [`state`]: the shared state and the long-poll wait on it.
 //! - [`service`]: the `funnel.v1.Coordinator` gRPC service.
 //! - [`wire`]: conversions to and from `funnel.v1` messages.
@@ -14,6 +15,7 @@
 //! - [`error`]: [`CoordinatorError`] and its conversion to gRPC `Status`.
 
 pub mod error;
+pub mod leases;
 pub mod ledger;
 pub mod membership;
 pub mod plan;

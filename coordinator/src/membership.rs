@@ -2,10 +2,11 @@
 //! state transitions over an explicit clock (milliseconds since the coordinator started), so the
 //! tests need no sleeps.
 //!
-//! This issue keeps membership static: the ring of generation 1 forms when the configured
-//! number of workers has registered, and a worker that misses its heartbeats fails the job
-//! (every survivor is told to stop). Re-forming the ring from survivors is issue 6; the
-//! generation number already travels on every message so that it can.
+//! The ring of generation 1 forms when the configured number of workers has registered. A
+//! worker that misses its heartbeats is removed ([`Membership::remove`]): the survivors form
+//! the next generation, ranked in their old order, and the removed worker is fenced (every
+//! later call of it is refused, so a worker cut off by a partition cannot come back with stale
+//! state). Each worker keeps its slot (its first rank), which names its lease queue.
 
 /// A registered worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +17,10 @@ pub struct Member {
     pub name: String,
     /// Where its `Peer` service listens.
     pub peer_addr: String,
-    /// Its place in the ring.
+    /// Its place in the ring of the current generation.
     pub rank: usize,
+    /// Its rank in the first generation: names its lease queue for the whole job.
+    pub slot: usize,
     /// Clock of its last heartbeat (or registration).
     pub last_seen_ms: u64,
 }
@@ -54,6 +57,8 @@ pub struct Membership {
     layout_hash: Option<u64>,
     members: Vec<Member>,
     generation: u64,
+    /// Workers removed (dead or cut off), with the reason.
+    fenced: Vec<(String, String)>,
 }
 
 impl Membership {
@@ -65,6 +70,7 @@ impl Membership {
             layout_hash: None,
             members: Vec::new(),
             generation: 0,
+            fenced: Vec::new(),
         }
     }
 
@@ -92,7 +98,7 @@ impl Membership {
                 expected,
             });
         }
-        if self.members.len() >= self.expected {
+        if self.generation > 0 || self.members.len() >= self.expected {
             return Err(JoinRefusal::Full(self.expected));
         }
         self.layout_hash = Some(layout_hash);
@@ -102,6 +108,7 @@ impl Membership {
             name: name.to_string(),
             peer_addr: peer_addr.to_string(),
             rank,
+            slot: rank,
             last_seen_ms: now_ms,
         };
         self.members.push(member.clone());
@@ -145,6 +152,32 @@ impl Membership {
             }
             None => false,
         }
+    }
+
+    /// Removes `ids` (dead or cut off) and forms the next generation from the others, ranked
+    /// in their old order. Returns the removed members; nothing changes if none was a member.
+    pub fn remove(&mut self, ids: &[String], reason: &str) -> Vec<Member> {
+        let (gone, kept): (Vec<Member>, Vec<Member>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| ids.contains(&m.id));
+        self.members = kept;
+        if !gone.is_empty() {
+            for (rank, m) in self.members.iter_mut().enumerate() {
+                m.rank = rank;
+            }
+            self.generation += 1;
+            self.fenced
+                .extend(gone.iter().map(|m| (m.id.clone(), reason.to_string())));
+        }
+        gone
+    }
+
+    /// Why `id` was fenced out, if it was.
+    pub fn fenced(&self, id: &str) -> Option<&str> {
+        self.fenced
+            .iter()
+            .find(|(f, _)| f == id)
+            .map(|(_, why)| why.as_str())
     }
 
     /// Members silent for longer than `timeout_ms` at `now_ms`.
@@ -216,5 +249,30 @@ mod tests {
             !is_expired(5, 3, 1),
             "a clock behind the last beat is not expiry"
         );
+    }
+
+    #[test]
+    fn removing_a_member_forms_the_next_generation_and_fences_it() {
+        let mut m = Membership::new(3, 1);
+        for (n, a) in [("a", "x"), ("b", "y"), ("c", "z")] {
+            m.register(n, a, 1, 1, 0).expect("joins");
+        }
+        let gone = m.remove(&["w1".to_string()], "no heartbeat");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(m.generation(), 2);
+        let ranks: Vec<(&str, usize, usize)> = m
+            .members()
+            .iter()
+            .map(|x| (x.id.as_str(), x.rank, x.slot))
+            .collect();
+        assert_eq!(ranks, [("w0", 0, 0), ("w2", 1, 2)]);
+        assert_eq!(m.fenced("w1"), Some("no heartbeat"));
+        assert!(
+            !m.heartbeat("w1", 5),
+            "a fenced worker's heartbeat is refused"
+        );
+        assert!(m.remove(&["w9".to_string()], "?").is_empty());
+        assert_eq!(m.generation(), 2, "removing nobody changes nothing");
+        assert_eq!(m.register("d", "q", 1, 1, 9), Err(JoinRefusal::Full(3)));
     }
 }

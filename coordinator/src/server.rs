@@ -95,6 +95,20 @@ pub async fn resume_weighting(
     }
 }
 
+/// The training data as the audit names it.
+fn audit_dataset(train: &DatasetManifest) -> funnel_common::audit::AuditDataset {
+    funnel_common::audit::AuditDataset {
+        objects: train
+            .objects
+            .iter()
+            .map(|o| funnel_common::audit::AuditObject {
+                url: o.url.clone(),
+                row_groups: o.row_groups.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// Binds `listen` (port 0 = ephemeral); the bound address is known before serving.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
     TcpListener::bind(listen)
@@ -112,6 +126,9 @@ pub async fn serve(
     let span = info_span!("coordinator", job = %ctx.job.spec.name);
     let _span = span.enter();
     let cluster = ctx.job.spec.cluster.clone();
+    if cluster.audit {
+        funnel_common::audit::write_dataset(&ctx.output, &audit_dataset(&ctx.train)).await?;
+    }
     let shared = Shared::new(ctx, weighting);
     let service = tonic::service::interceptor::InterceptedService::new(
         CoordinatorServer::new(CoordinatorService::new(shared.clone()))
@@ -126,7 +143,7 @@ pub async fn serve(
             let every = Duration::from_millis(cluster.heartbeat_interval_ms.max(10) / 2 + 1);
             loop {
                 tokio::time::sleep(every).await;
-                let dead: Vec<String> = {
+                let dead: Vec<(String, String)> = {
                     let st = shared.lock();
                     if st.failed.is_some() || st.done {
                         return;
@@ -138,20 +155,22 @@ pub async fn serve(
                         .expired(shared.now_ms(), cluster.heartbeat_timeout_ms)
                         .iter()
                         .map(|m| {
-                            format!(
+                            let who = format!(
                                 "{} (rank {}, {}, peer {})",
                                 m.id, m.rank, m.name, m.peer_addr
-                            )
+                            );
+                            (m.id.clone(), who)
                         })
                         .collect()
                 };
                 if !dead.is_empty() {
-                    shared.fail(format!(
+                    let (ids, who): (Vec<String>, Vec<String>) = dead.into_iter().unzip();
+                    let reason = format!(
                         "no heartbeat for {} ms from {}",
                         cluster.heartbeat_timeout_ms,
-                        dead.join(", ")
-                    ));
-                    return;
+                        who.join(", ")
+                    );
+                    shared.remove_workers(&ids, &reason);
                 }
             }
         })

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use funnel_common::audit::AuditRow;
 use funnel_proto::v1 as pb;
 use pb::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
+use crate::ledger::LeaseRows;
 use crate::membership::Member;
-use crate::plan::nth_lease_of;
 use crate::state::{EpochReport, Shared, State};
 use crate::votes::VoteOutcome;
 use crate::wire;
@@ -32,24 +33,91 @@ impl CoordinatorService {
     fn cluster(&self) -> &funnel_common::spec::ClusterSpec {
         &self.shared.ctx.job.spec.cluster
     }
+
+    /// A commit vote's rows, checked against the plans: each lease of a planned epoch, row
+    /// indices as whole little-endian u32s.
+    fn lease_rows(
+        &self,
+        st: &mut State,
+        worker: &str,
+        reported: &[pb::LeaseRows],
+    ) -> Result<Vec<LeaseRows>, CoordinatorError> {
+        let bad =
+            |what: String| CoordinatorError::Invalid(format!("CommitStep of {worker}: {what}"));
+        let epochs = self.shared.ctx.job.spec.train.epochs;
+        reported
+            .iter()
+            .map(|l| {
+                let (epoch, index) = (
+                    (l.lease_id >> 32) as u32,
+                    (l.lease_id & 0xFFFF_FFFF) as usize,
+                );
+                if epoch as usize >= epochs {
+                    return Err(bad(format!("lease {:#x} of epoch {epoch}", l.lease_id)));
+                }
+                let plan = self.shared.plan(st, epoch);
+                let lease = plan
+                    .get(index)
+                    .ok_or_else(|| bad(format!("lease {:#x} is not in the plan", l.lease_id)))?;
+                let object = &self.shared.ctx.train.objects[lease.shard.object];
+                let lease_rows = lease
+                    .shard
+                    .row_groups
+                    .clone()
+                    .map(|g| object.row_groups[g])
+                    .sum();
+                if l.rows.len() % 4 != 0 {
+                    return Err(bad(format!(
+                        "lease {:#x}: {} bytes of rows, not whole u32s",
+                        l.lease_id,
+                        l.rows.len()
+                    )));
+                }
+                let rows = l
+                    .rows
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Ok(LeaseRows {
+                    lease: l.lease_id,
+                    lease_rows,
+                    rows,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps the coordinates of committed `step`'s rows for the epoch's audit file.
+    fn record_audit(&self, st: &mut State, step: u64, rows: &[LeaseRows]) {
+        for l in rows {
+            let epoch = (l.lease >> 32) as u32;
+            let plan = self.shared.plan(st, epoch);
+            let Some(lease) = plan.get((l.lease & 0xFFFF_FFFF) as usize) else {
+                continue;
+            };
+            let out = st.audit.entry(epoch).or_default();
+            out.extend(l.rows.iter().map(|&row| AuditRow {
+                step,
+                object: lease.shard.object as u32,
+                row_group: lease.shard.row_groups.start as u32,
+                row,
+            }));
+        }
+    }
 }
 
-/// The caller, checked: a member of the current generation.
-fn member_of(st: &State, worker: &str, generation: u64) -> Result<Member, CoordinatorError> {
-    let m = st
-        .membership
-        .member(worker)
-        .cloned()
-        .ok_or_else(|| CoordinatorError::UnknownWorker(worker.to_string()))?;
-    let current = st.membership.generation();
-    if generation != current {
-        return Err(CoordinatorError::Generation {
+/// The caller, checked: a live member (of any generation), not fenced out.
+fn live_member(st: &State, worker: &str) -> Result<Member, CoordinatorError> {
+    if let Some(reason) = st.membership.fenced(worker) {
+        return Err(CoordinatorError::Fenced {
             worker: worker.to_string(),
-            got: generation,
-            current,
+            reason: reason.to_string(),
         });
     }
-    Ok(m)
+    st.membership
+        .member(worker)
+        .cloned()
+        .ok_or_else(|| CoordinatorError::UnknownWorker(worker.to_string()))
 }
 
 fn failed(st: &State) -> Result<(), CoordinatorError> {
@@ -136,14 +204,51 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         let now = self.shared.now_ms();
         let mut st = self.shared.lock();
-        if !st.membership.heartbeat(&r.worker_id, now) {
-            return Err(CoordinatorError::UnknownWorker(r.worker_id).into());
-        }
+        live_member(&st, &r.worker_id)?;
+        st.membership.heartbeat(&r.worker_id, now);
         Ok(Response::new(pb::HeartbeatResponse {
             generation: st.membership.generation(),
             ring: wire::ring(st.membership.members()),
             shutdown: st.failed.is_some() || st.done,
         }))
+    }
+
+    async fn rejoin(
+        &self,
+        req: Request<pb::RejoinRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        live_member(&self.shared.lock(), &r.worker_id)?;
+        let c = self.cluster();
+        // A death is noticed within the heartbeat timeout; a worker interrupted by anything
+        // else finds no new generation and gives up after a few timeouts.
+        let limit = Duration::from_millis(c.heartbeat_timeout_ms.saturating_mul(3));
+        let what = format!(
+            "{}: waiting for a generation after {}",
+            r.worker_id, r.generation
+        );
+        let answer = self
+            .shared
+            .wait_for(limit, &what, |st| {
+                let me = match live_member(st, &r.worker_id) {
+                    Ok(m) => m,
+                    Err(e) => return Some(Err(e)),
+                };
+                let generation = st.membership.generation();
+                (generation > r.generation).then(|| {
+                    Ok(pb::RegisterResponse {
+                        worker_id: me.id.clone(),
+                        generation,
+                        rank: me.rank as u32,
+                        ring: wire::ring(st.membership.members()),
+                        heartbeat_interval_ms: c.heartbeat_interval_ms,
+                        lease_timeout_ms: c.heartbeat_timeout_ms,
+                    })
+                })
+            })
+            .await??;
+        info!(worker = %answer.worker_id, rank = answer.rank, generation = answer.generation, "rejoined");
+        Ok(Response::new(answer))
     }
 
     async fn next_lease(
@@ -153,7 +258,8 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         let mut st = self.shared.lock();
         failed(&st)?;
-        let me = member_of(&st, &r.worker_id, r.generation)?;
+        // Any generation: a reader may ask just before its worker learns of a new one.
+        let me = live_member(&st, &r.worker_id)?;
         let epochs = self.shared.ctx.job.spec.train.epochs;
         if r.epoch as usize >= epochs {
             return Err(CoordinatorError::Invalid(format!(
@@ -163,21 +269,33 @@ impl Coordinator for CoordinatorService {
             .into());
         }
         let plan = self.shared.plan(&mut st, r.epoch);
-        let ranks = st.membership.expected();
-        let k = st.served.entry((r.epoch, me.rank)).or_default();
-        let lease = nth_lease_of(me.rank, ranks, *k, plan.len()).map(|i| &plan[i]);
-        let Some(lease) = lease else {
+        let generation = st.membership.generation();
+        let Some(index) = self.shared.book(&mut st, r.epoch).next(&me.id, me.slot) else {
             return Ok(Response::new(pb::NextLeaseResponse {
                 lease: None,
                 epoch_done: true,
+                generation,
             }));
         };
-        *k += 1;
-        let skip = st.ledger.cursor(lease.id);
+        let lease = &plan[index];
+        let consumed = st
+            .ledger
+            .consumed(lease.id)
+            .map(|c| c.to_le_bytes())
+            .unwrap_or_default();
+        if !consumed.is_empty() {
+            info!(worker = %me.id, lease = lease.id, committed = st.ledger.cursor(lease.id), "returned lease handed out");
+        }
         let expires = self.shared.now_ms() + self.cluster().heartbeat_timeout_ms;
         Ok(Response::new(pb::NextLeaseResponse {
-            lease: Some(wire::lease(lease, &self.shared.ctx.train, skip, expires)),
+            lease: Some(wire::lease(
+                lease,
+                &self.shared.ctx.train,
+                consumed,
+                expires,
+            )),
             epoch_done: false,
+            generation,
         }))
     }
 
@@ -187,10 +305,30 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::CommitStepResponse>, Status> {
         let r = req.into_inner();
         let step = r.step;
+        // The epoch-ending step has the number of the next epoch's first step and comes before
+        // it: its round sits between step `step - 1`'s round and step `step`'s.
+        let round = 2 * step + u64::from(!r.epoch_end);
+        let not_committed = |generation: u64, reason: String| {
+            Ok(Response::new(pb::CommitStepResponse {
+                committed: false,
+                generation,
+                reason,
+            }))
+        };
         {
             let mut st = self.shared.lock();
             failed(&st)?;
-            let me = member_of(&st, &r.worker_id, r.generation)?;
+            let me = live_member(&st, &r.worker_id)?;
+            let current = st.membership.generation();
+            if r.generation != current {
+                return not_committed(
+                    current,
+                    format!(
+                        "the ring is in generation {current}, the step was reduced in {}",
+                        r.generation
+                    ),
+                );
+            }
             let expected = st.membership.layout_hash().unwrap_or(r.layout_hash);
             if r.layout_hash != expected {
                 return Err(CoordinatorError::Layout {
@@ -200,42 +338,92 @@ impl Coordinator for CoordinatorService {
                 }
                 .into());
             }
-            let cursors = r
-                .cursors
-                .iter()
-                .map(|c| (c.lease_id, c.rows_consumed))
-                .collect();
-            let outcome = st.steps.vote(me.rank, step, cursors).map_err(|refusal| {
-                CoordinatorError::Vote {
-                    what: format!("step {step} of {}", me.id),
-                    refusal,
-                }
-            })?;
+            if r.epoch_end && !r.rows.is_empty() {
+                return Err(CoordinatorError::Invalid(format!(
+                    "CommitStep of {}: the epoch-ending step {step} reports rows",
+                    me.id
+                ))
+                .into());
+            }
+            let rows = self.lease_rows(&mut st, &me.id, &r.rows)?;
+            st.ledger
+                .check(&rows)
+                .map_err(|problem| CoordinatorError::Ledger {
+                    worker: me.id.clone(),
+                    problem,
+                })?;
+            let outcome =
+                st.steps
+                    .vote(me.rank, round, rows)
+                    .map_err(|refusal| CoordinatorError::Vote {
+                        what: format!("step {step} of {}", me.id),
+                        refusal,
+                    })?;
             if let VoteOutcome::Completed(all) = outcome {
-                st.ledger.commit(step, all.into_iter().flatten());
+                let all: Vec<LeaseRows> = all.into_iter().flatten().collect();
+                if let Err(problem) = st.ledger.commit(step, &all) {
+                    // Two workers reported the same row: exactly-once cannot hold.
+                    drop(st);
+                    self.shared.fail(format!(
+                        "step {step}: rows of two workers overlap: {problem}"
+                    ));
+                    return Err(CoordinatorError::JobFailed(problem.to_string()).into());
+                }
+                if self.shared.ctx.job.spec.cluster.audit && !r.epoch_end {
+                    self.record_audit(&mut st, step, &all);
+                }
                 drop(st);
                 self.shared.changed();
             }
         }
         let limit = Duration::from_millis(self.cluster().step_timeout_ms);
         let what = format!("step {step}: waiting for every worker's vote");
+        let generation = r.generation;
         let waited = self
             .shared
-            .wait_for(limit, &what, |st| st.steps.is_completed(step).then_some(()))
+            .wait_for(limit, &what, |st| {
+                // Completion first: a round that completed stays committed whatever follows.
+                if st.steps.is_completed(round) {
+                    Some(None)
+                } else if st.membership.generation() != generation {
+                    Some(Some(st.membership.generation()))
+                } else {
+                    None
+                }
+            })
             .await;
         if let Err(CoordinatorError::Timeout(reason)) = &waited {
-            // A member that never votes stalls everyone: the job cannot go on (issue 6 re-forms
-            // the ring instead).
-            let voters = self.shared.lock().steps.voters();
-            self.shared
-                .fail(format!("{reason}; votes from ranks {voters:?} only"));
+            // Members alive (heartbeating) that never vote stall everyone: fence them, so the
+            // others go on in a new generation (a stuck process, a one-way partition).
+            let silent: Vec<String> = {
+                let st = self.shared.lock();
+                let voters = st.steps.voters();
+                st.membership
+                    .members()
+                    .iter()
+                    .filter(|m| !voters.contains(&m.rank))
+                    .map(|m| m.id.clone())
+                    .collect()
+            };
+            warn!(step, silent = ?silent, "{reason}");
+            self.shared.remove_workers(
+                &silent,
+                &format!("no vote for step {step} in {} ms", limit.as_millis()),
+            );
+            let current = self.shared.lock().membership.generation();
+            return not_committed(current, reason.clone());
         }
-        waited?;
-        Ok(Response::new(pb::CommitStepResponse {
-            committed: true,
-            generation: r.generation,
-            reason: String::new(),
-        }))
+        match waited? {
+            None => Ok(Response::new(pb::CommitStepResponse {
+                committed: true,
+                generation,
+                reason: String::new(),
+            })),
+            Some(current) => not_committed(
+                current,
+                format!("the ring changed to generation {current} before every worker voted"),
+            ),
+        }
     }
 
     async fn report_epoch(
@@ -244,10 +432,22 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ReportEpochResponse>, Status> {
         let r = req.into_inner();
         let epoch = r.epoch;
+        let interrupted = |current: u64| {
+            Ok(Response::new(pb::ReportEpochResponse {
+                task_weights: Vec::new(),
+                completed: false,
+                generation: current,
+            }))
+        };
+        let mut audit = None;
         {
             let mut st = self.shared.lock();
             failed(&st)?;
-            let me = member_of(&st, &r.worker_id, r.generation)?;
+            let me = live_member(&st, &r.worker_id)?;
+            let current = st.membership.generation();
+            if r.generation != current {
+                return interrupted(current);
+            }
             let report = EpochReport {
                 losses: r
                     .losses
@@ -289,30 +489,61 @@ impl Coordinator for CoordinatorService {
                 if st.epoch as usize >= self.shared.ctx.job.spec.train.epochs {
                     st.done = true;
                 }
-                info!(epoch, rows = st.ledger.epoch_rows(epoch), "epoch complete");
-                drop(st);
-                self.shared.changed();
+                let rows = st.ledger.epoch_rows(epoch);
+                let planned = self.shared.ctx.train.total_rows();
+                if rows == planned {
+                    info!(epoch, rows, "epoch complete: every row committed once");
+                } else {
+                    // Fewer only when the decoder skipped bad rows (data.bad_rows = "skip"); the
+                    // ledger refuses a row twice, so never more.
+                    warn!(
+                        epoch,
+                        rows, planned, "epoch complete with rows not committed"
+                    );
+                }
+                if self.shared.ctx.job.spec.cluster.audit {
+                    audit = Some(st.audit.remove(&epoch).unwrap_or_default());
+                }
             }
         }
+        if let Some(rows) = audit {
+            // Written before anyone is told the epoch completed, so a finished job has it.
+            let output = &self.shared.ctx.output;
+            match funnel_common::audit::write_epoch(output, epoch, &rows).await {
+                Ok(url) => info!(epoch, rows = rows.len(), audit = %url, "audit written"),
+                Err(e) => self.shared.fail(format!("epoch {epoch}: audit: {e}")),
+            }
+        }
+        self.shared.changed();
         let limit = Duration::from_millis(self.cluster().join_timeout_ms);
         let what = format!("epoch {epoch}: waiting for every worker's report");
         let learned_on_workers =
             funnel_common::weighting::learned_on_workers(&self.shared.ctx.job.spec.loss);
-        let weights = self
+        let generation = r.generation;
+        let answer = self
             .shared
             .wait_for(limit, &what, |st| {
-                st.epochs.is_completed(u64::from(epoch)).then(|| {
-                    if learned_on_workers {
+                if st.epochs.is_completed(u64::from(epoch)) {
+                    Some(Ok(if learned_on_workers {
                         Vec::new()
                     } else {
                         st.weighting.weights.clone()
-                    }
-                })
+                    }))
+                } else if st.membership.generation() != generation {
+                    Some(Err(st.membership.generation()))
+                } else {
+                    None
+                }
             })
             .await?;
-        Ok(Response::new(pb::ReportEpochResponse {
-            task_weights: weights,
-        }))
+        match answer {
+            Ok(weights) => Ok(Response::new(pb::ReportEpochResponse {
+                task_weights: weights,
+                completed: true,
+                generation,
+            })),
+            Err(current) => interrupted(current),
+        }
     }
 
     async fn job_status(

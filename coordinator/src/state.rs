@@ -2,18 +2,20 @@
 //! bumps a version on a `watch` channel, so a long-polling call (register until the ring forms,
 //! a step vote, the epoch barrier) rechecks its condition after each change without racing it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use funnel_common::audit::AuditRow;
 use funnel_common::manifest::DatasetManifest;
 use funnel_common::spec::Job;
 use funnel_common::weighting::WeightingState;
 use tokio::sync::watch;
 
 use crate::error::CoordinatorError;
-use crate::ledger::Ledger;
-use crate::membership::Membership;
+use crate::leases::LeaseBook;
+use crate::ledger::{LeaseRows, Ledger};
+use crate::membership::{Member, Membership};
 use crate::plan::{PlannedLease, epoch_plan};
 use crate::votes::RoundVotes;
 
@@ -35,16 +37,23 @@ pub struct EpochReport {
 pub struct State {
     /// Who is in the ring.
     pub membership: Membership,
-    /// The per-step commit vote; the payload is the (lease, cursor) list of each worker.
-    pub steps: RoundVotes<Vec<(u64, u64)>>,
+    /// The per-step commit vote; the payload is the rows each worker consumed, per lease.
+    pub steps: RoundVotes<Vec<LeaseRows>>,
     /// The epoch barrier.
     pub epochs: RoundVotes<EpochReport>,
-    /// Committed cursors.
+    /// Committed rows per lease.
     pub ledger: Ledger,
     /// Plans computed so far, per epoch.
     pub plans: HashMap<u32, Arc<Vec<PlannedLease>>>,
-    /// Leases handed out per (epoch, rank).
-    pub served: HashMap<(u32, usize), usize>,
+    /// Who holds which lease, per epoch.
+    pub books: HashMap<u32, LeaseBook>,
+    /// Slots whose worker died (their lease queues are served to the others).
+    pub dead_slots: BTreeSet<usize>,
+    /// Audit rows of committed steps per epoch, until the epoch's file is written
+    /// (`cluster.audit`).
+    pub audit: BTreeMap<u32, Vec<AuditRow>>,
+    /// Workers lost so far (for status and logs).
+    pub failures: Vec<String>,
     /// Task weights and the weighting strategy's state.
     pub weighting: WeightingState,
     /// The epoch in progress (epochs completed).
@@ -94,7 +103,10 @@ impl Shared {
             epochs: RoundVotes::new(workers),
             ledger: Ledger::default(),
             plans: HashMap::new(),
-            served: HashMap::new(),
+            books: HashMap::new(),
+            dead_slots: BTreeSet::new(),
+            audit: BTreeMap::new(),
+            failures: Vec::new(),
             weighting,
             epoch: 0,
             checkpoint: None,
@@ -172,6 +184,74 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Removes dead (or cut-off) workers: the survivors form the next generation, the open
+    /// step and epoch rounds are dropped (their waiters answer "not committed" and the
+    /// survivors redo them), and each dead worker's unfinished leases return to the queue.
+    /// Fails the job when nobody is left.
+    pub fn remove_workers(&self, ids: &[String], reason: &str) -> Vec<Member> {
+        let gone = {
+            let mut st = self.lock();
+            if st.failed.is_some() || st.done {
+                return Vec::new();
+            }
+            let gone = st.membership.remove(ids, reason);
+            if gone.is_empty() {
+                return gone;
+            }
+            let members = st.membership.members().len();
+            let step = st.steps.abort_open(members);
+            let epoch = st.epochs.abort_open(members);
+            for m in &gone {
+                st.dead_slots.insert(m.slot);
+                let State {
+                    books,
+                    plans,
+                    ledger,
+                    ..
+                } = &mut *st;
+                for (e, book) in books.iter_mut() {
+                    let Some(plan) = plans.get(e) else { continue };
+                    let back = book.release(&m.id, m.slot, |i| {
+                        ledger.consumed(plan[i].id).is_some_and(|r| r.is_full())
+                    });
+                    if !back.is_empty() {
+                        tracing::info!(worker = %m.id, epoch = e, leases = ?back, "leases returned");
+                    }
+                }
+                st.failures.push(format!("{} ({reason})", m.id));
+            }
+            tracing::warn!(
+                removed = ?gone.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+                reason,
+                generation = st.membership.generation(),
+                survivors = members,
+                aborted_step = ?step,
+                aborted_epoch_report = ?epoch,
+                "workers removed; the survivors form a new generation"
+            );
+            if members == 0 {
+                drop(st);
+                self.fail(format!("every worker is gone ({reason})"));
+                return gone;
+            }
+            gone
+        };
+        self.changed();
+        gone
+    }
+
+    /// The lease book of `epoch` (created on first use).
+    pub fn book<'a>(&self, st: &'a mut State, epoch: u32) -> &'a mut LeaseBook {
+        let plan_len = self.plan(st, epoch).len();
+        let slots = st.membership.expected();
+        let State {
+            books, dead_slots, ..
+        } = st;
+        books
+            .entry(epoch)
+            .or_insert_with(|| LeaseBook::new(slots, plan_len, dead_slots))
     }
 
     /// The plan of `epoch` (computed once).

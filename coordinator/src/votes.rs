@@ -2,9 +2,11 @@
 //! (DESIGN §5 step 4, as TorchFT does) and the epoch barrier. Pure state; the service wakes the
 //! waiting calls when a round completes.
 //!
-//! Rounds complete in order: the first round reported sets the start (a resumed job starts at
-//! its checkpoint's step), after which only the next round may be voted on; re-votes for a
-//! completed round are answered "completed" (a worker retrying a lost answer).
+//! Rounds complete in increasing order, one open at a time: a round opens with the first vote
+//! for a number above the last completed one (a resumed job starts at its checkpoint's step;
+//! the epoch-ending round sits between two steps' rounds), and votes for any other round are
+//! refused while it is open; re-votes for a completed round are answered "completed" (a
+//! worker retrying a lost answer).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -73,6 +75,13 @@ impl<P: Clone> RoundVotes<P> {
             .unwrap_or_default()
     }
 
+    /// The ring changed to `members` ranks (a member died): the open round's votes, cast by
+    /// ranks of the old ring, are dropped; the round is voted again in the new ring.
+    pub fn abort_open(&mut self, members: usize) -> Option<u64> {
+        self.members = members.max(1);
+        self.open.take().map(|(round, _)| round)
+    }
+
     /// Counts `rank`'s vote for `round`.
     pub fn vote(
         &mut self,
@@ -86,10 +95,9 @@ impl<P: Clone> RoundVotes<P> {
         if self.is_completed(round) {
             return Ok(VoteOutcome::AlreadyCompleted);
         }
-        let expected = match (&self.open, self.completed) {
-            (Some((r, _)), _) => *r,
-            (None, Some(c)) => c + 1,
-            (None, None) => round,
+        let expected = match &self.open {
+            Some((r, _)) => *r,
+            None => round,
         };
         if round != expected {
             return Err(VoteRefusal::OutOfOrder {
@@ -128,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn rounds_go_in_order_from_the_first_vote() {
+    fn rounds_move_forward_one_open_at_a_time() {
         let mut v = RoundVotes::new(2);
         assert_eq!(v.vote(0, 40, ()), Ok(VoteOutcome::Waiting));
         assert_eq!(
@@ -139,14 +147,31 @@ mod tests {
             })
         );
         assert_eq!(v.vote(1, 40, ()), Ok(VoteOutcome::Completed(vec![(), ()])));
+        assert_eq!(v.vote(0, 39, ()), Ok(VoteOutcome::AlreadyCompleted));
+        assert_eq!(v.vote(0, 42, ()), Ok(VoteOutcome::Waiting));
         assert_eq!(
-            v.vote(0, 42, ()),
+            v.vote(1, 41, ()),
             Err(VoteRefusal::OutOfOrder {
-                got: 42,
-                expected: 41
+                got: 41,
+                expected: 42
             })
         );
         assert_eq!(v.vote(5, 41, ()), Err(VoteRefusal::UnknownRank(5)));
+    }
+
+    #[test]
+    fn an_aborted_round_is_voted_again_by_the_new_ring() {
+        let mut v = RoundVotes::new(3);
+        assert_eq!(v.vote(0, 5, 'a'), Ok(VoteOutcome::Waiting));
+        assert_eq!(v.vote(1, 5, 'b'), Ok(VoteOutcome::Waiting));
+        assert_eq!(v.abort_open(2), Some(5));
+        assert!(!v.is_completed(5));
+        assert_eq!(v.vote(1, 5, 'y'), Ok(VoteOutcome::Waiting));
+        assert_eq!(
+            v.vote(0, 5, 'x'),
+            Ok(VoteOutcome::Completed(vec!['x', 'y']))
+        );
+        assert_eq!(v.vote(2, 6, 'z'), Err(VoteRefusal::UnknownRank(2)));
     }
 
     #[test]

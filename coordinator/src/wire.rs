@@ -36,11 +36,11 @@ pub fn ring(members: &[Member]) -> Vec<pb::RingMember> {
         .collect()
 }
 
-/// A lease starting at its committed cursor.
+/// A lease, with the bitmap of its rows already committed (empty: none).
 pub fn lease(
     l: &PlannedLease,
     m: &DatasetManifest,
-    skip_rows: u64,
+    consumed: Vec<u8>,
     expires_at_ms: u64,
 ) -> pb::Lease {
     let object = &m.objects[l.shard.object];
@@ -51,7 +51,7 @@ pub fn lease(
             object: object.path.to_string(),
             first_row_group: l.shard.row_groups.start as u32,
             row_groups: l.shard.row_groups.len() as u32,
-            skip_rows,
+            consumed: consumed.into(),
             object_index: l.shard.object as u32,
         }],
         expires_at_ms,

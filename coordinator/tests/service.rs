@@ -1,6 +1,6 @@
 //! The coordinator's gRPC service on 127.0.0.1, driven by a raw client: refusals (wrong token,
 //! config hash, layout hash, stale generation), the ring, round-robin leases, the step vote,
-//! and heartbeat expiry failing the job.
+//! and a silent worker: fenced, a new generation, its leases returned without committed rows.
 
 use std::time::Duration;
 
@@ -157,17 +157,13 @@ async fn refusals_ring_leases_and_the_step_vote() {
     ranks.sort_unstable();
     assert_eq!(ranks, [0, 1]);
 
-    // A stale generation is refused; leases alternate between the ranks in plan order.
-    let err = c
-        .next_lease(pb::NextLeaseRequest {
-            worker_id: a.worker_id.clone(),
-            generation: 0,
-            epoch: 0,
-        })
-        .await
-        .expect_err("stale");
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("generation 0"), "{}", err.message());
+    // A vote of a stale generation is not committed; leases alternate between the ranks in
+    // plan order.
+    let mut stale = vote(&a.worker_id, 1, 7, 0, &[0]);
+    stale.generation = 0;
+    let r = c.commit_step(stale).await.expect("answered").into_inner();
+    assert!(!r.committed && r.generation == 1, "{r:?}");
+    assert!(r.reason.contains("generation 1"), "{}", r.reason);
     let mut seen = Vec::new();
     for who in [&a, &b] {
         loop {
@@ -190,36 +186,63 @@ async fn refusals_ring_leases_and_the_step_vote() {
     assert_eq!(seen.len(), 8, "every row group once: {seen:?}");
     assert!(seen.iter().all(|&(id, rank)| id % 2 == u64::from(rank)));
 
-    // The step vote: a wrong layout is refused; the step commits when both voted.
-    let vote = |w: &str, layout: u64| pb::CommitStepRequest {
-        worker_id: w.into(),
-        generation: 1,
-        step: 1,
-        layout_hash: layout,
-        cursors: vec![pb::LeaseCursor {
-            lease_id: 0,
-            rows_consumed: 10,
-        }],
-    };
+    // The step vote: a wrong layout is refused; the step commits when both voted; a row
+    // committed once is refused the second time.
     let err = c
-        .commit_step(vote(&a.worker_id, 9))
+        .commit_step(vote(&a.worker_id, 1, 9, 0, &[0, 1]))
         .await
         .expect_err("layout");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("layout hash"), "{}", err.message());
+    let err = c
+        .commit_step(vote(&a.worker_id, 1, 7, 0, &[500]))
+        .await
+        .expect_err("row out of range");
+    assert!(err.message().contains("row 500"), "{}", err.message());
     let mut c3 = c.clone();
     let wa = a.worker_id.clone();
-    let waiting = tokio::spawn(async move { c3.commit_step(vote(&wa, 7)).await });
-    let rb = c.commit_step(vote(&b.worker_id, 7)).await.expect("vote");
+    let waiting = tokio::spawn(async move { c3.commit_step(vote(&wa, 1, 7, 0, &[3, 1])).await });
+    let rb = c
+        .commit_step(vote(&b.worker_id, 1, 7, 1, &[2]))
+        .await
+        .expect("vote");
     let ra = waiting.await.expect("task").expect("vote");
     assert!(rb.get_ref().committed && ra.get_ref().committed);
     let status = c.job_status(pb::JobStatusRequest {}).await.expect("status");
     assert_eq!(status.get_ref().committed_step, 1);
+    let err = c
+        .commit_step(vote(&a.worker_id, 2, 7, 0, &[4, 3]))
+        .await
+        .expect_err("row 3 twice");
+    assert!(
+        err.message().contains("already counted"),
+        "{}",
+        err.message()
+    );
     run.job.abort();
 }
 
+/// A step vote of generation 1 for `rows` of lease `lease`.
+fn vote(w: &str, step: u64, layout: u64, lease: u64, rows: &[u32]) -> pb::CommitStepRequest {
+    pb::CommitStepRequest {
+        worker_id: w.into(),
+        generation: 1,
+        step,
+        layout_hash: layout,
+        rows: vec![pb::LeaseRows {
+            lease_id: lease,
+            rows: rows
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        }],
+        epoch_end: false,
+    }
+}
+
 #[tokio::test]
-async fn a_silent_worker_fails_the_job_and_every_call_says_why() {
+async fn a_silent_worker_is_fenced_and_its_leases_go_to_the_survivor() {
     let run = start(300).await;
     let mut c = client(&run.url, &run.token).await;
     let hash = c
@@ -237,35 +260,111 @@ async fn a_silent_worker_fails_the_job_and_every_call_says_why() {
         .expect("joins")
         .into_inner();
     let a = first.await.expect("task").expect("joins").into_inner();
-    // Worker a keeps beating; b never does. The coordinator's own run ends with the reason.
+    let lease = |w: &str| pb::NextLeaseRequest {
+        worker_id: w.into(),
+        generation: 1,
+        epoch: 0,
+    };
+    let la = c
+        .next_lease(lease(&a.worker_id))
+        .await
+        .expect("lease")
+        .into_inner();
+    let lb = c
+        .next_lease(lease(&b.worker_id))
+        .await
+        .expect("lease")
+        .into_inner();
+    let (la, lb) = (la.lease.expect("a's"), lb.lease.expect("b's"));
+    assert_eq!((la.lease_id, lb.lease_id), (0, 1));
+    // Step 1: a used rows 0..3 of lease 0, b rows 5 and 70 of lease 1. Both voted: committed.
+    let mut c3 = c.clone();
+    let wa = a.worker_id.clone();
+    let waiting = tokio::spawn(async move { c3.commit_step(vote(&wa, 1, 7, 0, &[0, 1, 2])).await });
+    let rb = c
+        .commit_step(vote(&b.worker_id, 1, 7, 1, &[70, 5]))
+        .await
+        .expect("vote");
+    assert!(rb.get_ref().committed);
+    assert!(
+        waiting
+            .await
+            .expect("task")
+            .expect("vote")
+            .get_ref()
+            .committed
+    );
+
+    // Worker a keeps beating; b goes silent. a's step 2 vote waits, then is answered "not
+    // committed" when b is removed, and a rejoins the ring of generation 2 alone.
     let beat = {
         let mut c = c.clone();
         let id = a.worker_id.clone();
         tokio::spawn(async move {
             loop {
-                let r = c
+                let _ = c
                     .heartbeat(pb::HeartbeatRequest {
                         worker_id: id.clone(),
                         generation: 1,
                         last_committed_step: 0,
                     })
                     .await;
-                if r.map(|r| r.get_ref().shutdown).unwrap_or(true) {
-                    return;
-                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(20), run.job)
+    let r = c
+        .commit_step(vote(&a.worker_id, 2, 7, 0, &[3]))
         .await
-        .expect("the job ends")
-        .expect("task");
-    let err = outcome.expect_err("the job failed");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&b.worker_id) && msg.contains("no heartbeat"),
-        "{msg}"
-    );
+        .expect("vote answered")
+        .into_inner();
+    assert!(!r.committed && r.generation == 2, "{r:?}");
+    let ring = c
+        .rejoin(pb::RejoinRequest {
+            worker_id: a.worker_id.clone(),
+            generation: 1,
+        })
+        .await
+        .expect("rejoins")
+        .into_inner();
+    assert_eq!((ring.generation, ring.rank, ring.ring.len()), (2, 0, 1));
+
+    // b is fenced: its calls are refused, naming why.
+    let err = c
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: b.worker_id.clone(),
+            generation: 1,
+            last_committed_step: 0,
+        })
+        .await
+        .expect_err("fenced");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("no heartbeat"), "{}", err.message());
+
+    // a reads its own queue, then b's lease 1 without the rows committed, then b's queue.
+    let mut order = Vec::new();
+    loop {
+        let r = c
+            .next_lease(lease(&a.worker_id))
+            .await
+            .expect("lease")
+            .into_inner();
+        let Some(l) = r.lease else { break };
+        if l.lease_id == 1 {
+            let bits = &l.shards[0].consumed;
+            let set: Vec<u32> = (0..500u32)
+                .filter(|&i| {
+                    bits.get((i / 8) as usize)
+                        .is_some_and(|b| b >> (i % 8) & 1 == 1)
+                })
+                .collect();
+            assert_eq!(set, [5, 70], "the committed rows of the returned lease");
+        }
+        order.push(l.lease_id);
+    }
+    assert_eq!(order, [2, 4, 6, 1, 3, 5, 7]);
+    let status = c.job_status(pb::JobStatusRequest {}).await.expect("status");
+    assert_eq!(status.get_ref().generation, 2);
     beat.abort();
+    run.job.abort();
 }

@@ -1,7 +1,12 @@
 //! A worker's data for one epoch: leases pulled from the coordinator one at a time, their row
 //! groups streamed and decoded off the training thread, shuffled in a bounded buffer and cut
-//! into this rank's share of the global batch. Each batch comes with the ledger cursors it moves
-//! (rows of each lease consumed so far), which ride the step's commit vote.
+//! into this rank's share of the global batch. Each batch comes with the rows it consumed per
+//! lease, which ride the step's commit vote into the ledger.
+//!
+//! When the coordinator has no lease for it, the reader says so ([`LeaseItem::Idle`]) and waits
+//! for a newer ring generation: a worker that dies hands its unfinished leases back, and the
+//! generation changes at that moment, so an idle reader asks again then. A returned lease comes
+//! with the bitmap of its committed rows, which the reader drops.
 
 use std::collections::HashMap;
 
@@ -12,7 +17,7 @@ use funnel_common::reader::ShardReader;
 use funnel_common::rng::SplitMix64;
 use funnel_proto::v1 as pb;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::coordinator::{Client, refused};
 use crate::WorkerError;
@@ -20,10 +25,16 @@ use crate::WorkerError;
 /// What the training thread receives.
 #[derive(Debug)]
 pub enum LeaseItem {
-    /// A batch and the cursors `(lease id, rows consumed)` of the leases it drew from.
-    Batch(Batch, Vec<(u64, u64)>),
-    /// This worker's share of the epoch has ended.
-    End(DecodeStats),
+    /// A batch and the rows it drew from each lease: `(lease id, row indices)`.
+    Batch(Batch, Vec<(u64, Vec<u32>)>),
+    /// No lease left for this worker in the coordinator's generation `generation` (decode
+    /// statistics so far). More may come once the generation is newer.
+    Idle {
+        /// The generation the coordinator answered in.
+        generation: u64,
+        /// Decode statistics of the epoch so far.
+        stats: DecodeStats,
+    },
     /// Reading failed.
     Failed(WorkerError),
 }
@@ -40,10 +51,10 @@ pub fn rank_batch_size(global: usize, ranks: usize, rank: usize) -> usize {
 pub struct LeaseReader {
     /// The coordinator.
     pub client: Client,
-    /// This worker's id and generation.
+    /// This worker's id.
     pub worker_id: String,
-    /// Generation.
-    pub generation: u64,
+    /// The newest ring generation this worker knows of.
+    pub generation: watch::Receiver<u64>,
     /// This rank and the ring size.
     pub rank: usize,
     /// Ring size.
@@ -81,21 +92,49 @@ impl LeaseReader {
         .next_u64();
         let mut batcher = Batcher::new(batch, self.shuffle_rows, shuffle_seed);
         let mut stats = DecodeStats::default();
-        // (object, row group) -> lease, and rows of each lease handed to the trainer so far.
+        // (object, row group) -> lease.
         let mut owner: HashMap<(u32, u32), u64> = HashMap::new();
-        let mut consumed: HashMap<u64, u64> = HashMap::new();
         loop {
+            let generation = *self.generation.borrow_and_update();
             let resp = self
                 .client
                 .next_lease(pb::NextLeaseRequest {
                     worker_id: self.worker_id.clone(),
-                    generation: self.generation,
+                    generation,
                     epoch,
                 })
                 .await
                 .map_err(|s| refused("NextLease", s))?
                 .into_inner();
-            let Some(lease) = resp.lease else { break };
+            let Some(lease) = resp.lease else {
+                let rest = std::mem::replace(
+                    &mut batcher,
+                    Batcher::new(batch, self.shuffle_rows, shuffle_seed ^ resp.generation),
+                );
+                for b in rest.finish() {
+                    let rows = rows_by_lease(&b, &owner);
+                    if tx.send(LeaseItem::Batch(b, rows)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                let idle = LeaseItem::Idle {
+                    generation: resp.generation,
+                    stats: stats.clone(),
+                };
+                if tx.send(idle).await.is_err() {
+                    return Ok(());
+                }
+                // Ask again only in a newer generation (or stop with the trainer).
+                let newer = self
+                    .generation
+                    .wait_for(|g| *g > resp.generation)
+                    .await
+                    .is_ok();
+                if !newer || tx.is_closed() {
+                    return Ok(());
+                }
+                continue;
+            };
             for shard in &lease.shards {
                 let object = self.check_shard(shard)?;
                 let rgs = shard.first_row_group as usize
@@ -103,8 +142,7 @@ impl LeaseReader {
                 for rg in rgs.clone() {
                     owner.insert((object as u32, rg as u32), lease.lease_id);
                 }
-                consumed.insert(lease.lease_id, shard.skip_rows);
-                let mut skip = shard.skip_rows;
+                let consumed = Consumed(&shard.consumed);
                 let mut stream = self.reader.read(Shard {
                     object,
                     row_groups: rgs,
@@ -113,31 +151,22 @@ impl LeaseReader {
                     let rg = rg?;
                     stats.merge(&rg.stats);
                     let mut rows = rg.batch;
-                    if skip > 0 {
-                        // Rows a committed step already consumed (a lease resumed mid-way).
+                    if !shard.consumed.is_empty() {
+                        // Rows committed before the lease came back from a dead worker.
                         let keep: Vec<usize> = (0..rows.rows)
-                            .filter(|&r| u64::from(rows.origins[r].row) >= skip)
+                            .filter(|&r| !consumed.contains(rows.origins[r].row))
                             .collect();
-                        skip = skip.saturating_sub(rows.rows as u64);
                         rows = rows.take(&keep);
                     }
                     for b in batcher.push(&rows) {
-                        let cursors = advance(&b, &owner, &mut consumed);
-                        if tx.send(LeaseItem::Batch(b, cursors)).await.is_err() {
+                        let rows = rows_by_lease(&b, &owner);
+                        if tx.send(LeaseItem::Batch(b, rows)).await.is_err() {
                             return Ok(());
                         }
                     }
                 }
             }
         }
-        for b in batcher.finish() {
-            let cursors = advance(&b, &owner, &mut consumed);
-            if tx.send(LeaseItem::Batch(b, cursors)).await.is_err() {
-                return Ok(());
-            }
-        }
-        let _ = tx.send(LeaseItem::End(stats)).await;
-        Ok(())
     }
 
     /// The shard's object in this worker's manifest, checked against the coordinator's path.
@@ -167,31 +196,45 @@ impl LeaseReader {
     }
 }
 
-/// Counts `batch`'s rows per lease and returns the new cursors of the leases it touched.
-fn advance(
-    batch: &Batch,
-    owner: &HashMap<(u32, u32), u64>,
-    consumed: &mut HashMap<u64, u64>,
-) -> Vec<(u64, u64)> {
-    let mut touched: Vec<u64> = Vec::new();
+/// A lease's committed-rows bitmap as the coordinator sends it (little-endian u64 words).
+struct Consumed<'a>(&'a [u8]);
+
+impl Consumed<'_> {
+    fn contains(&self, row: u32) -> bool {
+        let byte = (row / 8) as usize;
+        self.0.get(byte).is_some_and(|b| b >> (row % 8) & 1 == 1)
+    }
+}
+
+/// The rows of `batch` per lease, leases in increasing order.
+fn rows_by_lease(batch: &Batch, owner: &HashMap<(u32, u32), u64>) -> Vec<(u64, Vec<u32>)> {
+    let mut out: Vec<(u64, Vec<u32>)> = Vec::new();
     for o in &batch.origins {
         if let Some(&lease) = owner.get(&(o.object, o.row_group)) {
-            *consumed.entry(lease).or_default() += 1;
-            if !touched.contains(&lease) {
-                touched.push(lease);
+            match out.iter_mut().find(|(l, _)| *l == lease) {
+                Some((_, rows)) => rows.push(o.row),
+                None => out.push((lease, vec![o.row])),
             }
         }
     }
-    touched.sort_unstable();
-    touched
-        .into_iter()
-        .map(|l| (l, consumed.get(&l).copied().unwrap_or(0)))
-        .collect()
+    out.sort_unstable_by_key(|(l, _)| *l);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumed_bitmap_reads_little_endian_words() {
+        // Rows 3, 4, 5 and 70 committed, as the coordinator's RowSet encodes them.
+        let mut bytes = vec![0u8; 16];
+        bytes[0] = 0b0011_1000;
+        bytes[8] = 0b0100_0000;
+        let c = Consumed(&bytes);
+        let set: Vec<u32> = (0..200).filter(|&r| c.contains(r)).collect();
+        assert_eq!(set, [3, 4, 5, 70]);
+    }
 
     #[test]
     fn ranks_share_the_global_batch_exactly() {

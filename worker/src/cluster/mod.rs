@@ -5,13 +5,20 @@
 //! - [`coordinator`]: the coordinator client and the job it serves.
 //! - [`leases`]: leases to batches, with ledger cursors.
 //! - [`pack`]: the step's flat all-reduce buffer.
-//! - [`epoch`]: the step loop (compute, all-reduce, sparse exchange, vote, apply) and the epoch
-//!   end (rank 0 evaluates and checkpoints; everyone meets at the epoch barrier).
+//! - [`faults`]: deterministic self-kills at a step and phase, for end-to-end fault tests.
+//! - [`generation`]: the ring of the current generation: lazy links, interruptions, rejoining.
+//! - [`step`]: the step loop (compute, all-reduce, sparse exchange, vote, apply; redo after an
+//!   interruption).
+//! - [`epoch`]: the epochs and their ends (rank 0 evaluates and checkpoints; everyone meets at
+//!   the epoch barrier).
 
 pub mod coordinator;
 pub mod epoch;
+pub mod faults;
+pub mod generation;
 pub mod leases;
 pub mod pack;
+pub mod step;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +33,10 @@ use tracing::{info, info_span, warn};
 
 use crate::WorkerError;
 use crate::local::{RunSummary, start_state};
-use crate::ring::{PeerId, RingConfig};
-use crate::transport::{GenerationLinks, PeerNode};
+use crate::ring::RingConfig;
+use crate::transport::PeerNode;
+use generation::RingSession;
+use tokio::sync::watch;
 
 /// How to run a worker.
 #[derive(Debug, Clone)]
@@ -91,38 +100,24 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
         }))
         .map_err(|s| coordinator::refused("Register", s))?
         .into_inner();
-    let ranks = reg.ring.len();
-    let rank = reg.rank as usize;
-    let peer = |r: usize| -> Result<PeerId, WorkerError> {
-        let m = reg
-            .ring
-            .iter()
-            .find(|m| m.rank as usize == r)
-            .ok_or_else(|| {
-                WorkerError::Coordinator(format!("Register: no rank {r} in the ring"))
-            })?;
-        Ok(PeerId {
-            rank: r,
-            addr: m.peer_addr.clone(),
-        })
-    };
-    let me = peer(rank)?;
-    let left = peer((rank + ranks - 1) % ranks)?;
-    let right = peer((rank + 1) % ranks)?;
-    info!(worker = %reg.worker_id, rank, ranks, generation = reg.generation, peer = %peer_addr, "joined the ring");
-    let links = runtime.block_on(GenerationLinks::open(
-        &node,
-        me,
-        left,
-        right,
-        reg.generation,
-        &opts.token,
-    ))?;
+    info!(worker = %reg.worker_id, rank = reg.rank, ranks = reg.ring.len(), generation = reg.generation, peer = %peer_addr, "joined the ring");
+    let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(10));
+    let ring = RingSession::new(
+        node,
+        opts.token.clone(),
+        reg,
+        RingConfig {
+            rank: 0,
+            size: 1,
+            chunk_len: job.spec.cluster.chunk_values,
+            recv_timeout: Duration::from_millis(job.spec.cluster.step_timeout_ms),
+        },
+    )?;
     let heartbeat = runtime.spawn(heartbeats(
         client.clone(),
-        reg.worker_id.clone(),
-        reg.generation,
-        Duration::from_millis(reg.heartbeat_interval_ms.max(10)),
+        ring.worker_id.clone(),
+        ring.news.clone(),
+        heartbeat_every,
     ));
 
     let data = &job.spec.data;
@@ -137,43 +132,34 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
     };
     let ctx = epoch::ClusterContext {
         client,
-        worker_id: reg.worker_id,
-        generation: reg.generation,
+        ring,
         layout_hash,
-        ring: RingConfig {
-            rank,
-            size: ranks,
-            chunk_len: job.spec.cluster.chunk_values,
-            recv_timeout: Duration::from_millis(job.spec.cluster.step_timeout_ms),
-        },
         train: served.train.clone(),
         train_reader: reader(&served.train),
-        eval: served
-            .eval
-            .as_ref()
-            .filter(|_| rank == 0)
-            .map(|m| (m.clone(), reader(m))),
+        eval: served.eval.as_ref().map(|m| (m.clone(), reader(m))),
         output: served.output.clone(),
         progress: opts.progress,
-        progress_lines: opts.progress_lines && rank == 0,
+        progress_lines: opts.progress_lines,
     };
-    let result = epoch::train_epochs(trainer, state, ctx, links, runtime);
+    let result = epoch::train_epochs(trainer, state, ctx, runtime);
     heartbeat.abort();
-    drop(node);
     result
 }
 
-/// Heartbeats until the task is aborted; a failed job or an unreachable coordinator is logged
-/// here and surfaces in the training thread's next call.
+/// Heartbeats until the task is aborted, publishing the coordinator's generation: a worker
+/// waiting on a ring that lost a member learns here that a new one formed. A failed job, a
+/// fenced worker or an unreachable coordinator is logged here and surfaces in the training
+/// thread's next call.
 async fn heartbeats(
     mut client: coordinator::Client,
     worker_id: String,
-    generation: u64,
+    news: Arc<watch::Sender<u64>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        let generation = *news.borrow();
         let sent = client
             .heartbeat(pb::HeartbeatRequest {
                 worker_id: worker_id.clone(),
@@ -186,7 +172,16 @@ async fn heartbeats(
                 info!("the coordinator says the job is over");
                 return;
             }
-            Ok(_) => {}
+            Ok(r) => {
+                let g = r.get_ref().generation;
+                news.send_if_modified(|known| {
+                    let newer = g > *known;
+                    if newer {
+                        *known = g;
+                    }
+                    newer
+                });
+            }
             Err(s) => warn!(status = %s.message(), "heartbeat failed"),
         }
     }

@@ -1,0 +1,162 @@
+//! Deterministic worker deaths for end-to-end tests (issue 6 point 1).
+//!
+//! `FUNNEL_FAULT_KILL=<step>:<phase>` makes a worker SIGKILL itself at one point of one step:
+//! no destructor runs and no socket is closed politely, exactly what a lost node looks like to
+//! its peers and the coordinator. A test harness picks (worker, step, phase) from a seeded
+//! generator, so a failing run can be replayed. Unset (always, outside tests) it costs one
+//! branch per phase.
+
+use std::sync::OnceLock;
+
+use crate::ring::{RingError, RingSend};
+
+/// The environment variable.
+pub const KILL_ENV: &str = "FUNNEL_FAULT_KILL";
+
+/// Where in a step the worker dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The batch was taken from the reader; nothing computed.
+    Read,
+    /// Forward/backward done; nothing sent.
+    Compute,
+    /// After the first all-reduce chunk went out: the ring is mid-reduction.
+    AllReduce,
+    /// The reduction completed here; the vote was not sent.
+    Vote,
+    /// The coordinator answered "committed"; the update was not applied here.
+    Commit,
+}
+
+impl Phase {
+    /// Every phase, in step order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Read,
+        Phase::Compute,
+        Phase::AllReduce,
+        Phase::Vote,
+        Phase::Commit,
+    ];
+
+    /// The name used in [`KILL_ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Read => "read",
+            Phase::Compute => "compute",
+            Phase::AllReduce => "allreduce",
+            Phase::Vote => "vote",
+            Phase::Commit => "commit",
+        }
+    }
+}
+
+/// A parsed kill point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KillPoint {
+    /// The step (1-based, as in logs and checkpoints).
+    pub step: u64,
+    /// The phase.
+    pub phase: Phase,
+}
+
+/// Parses `<step>:<phase>`.
+pub fn parse(text: &str) -> Result<KillPoint, String> {
+    let bad = || {
+        let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+        format!(
+            "{KILL_ENV}={text:?}: expected <step>:<phase> with phase one of {}",
+            phases.join(", ")
+        )
+    };
+    let (step, phase) = text.split_once(':').ok_or_else(bad)?;
+    let step = step.trim().parse::<u64>().map_err(|_| bad())?;
+    let phase = Phase::ALL
+        .into_iter()
+        .find(|p| p.name() == phase.trim())
+        .ok_or_else(bad)?;
+    Ok(KillPoint { step, phase })
+}
+
+/// The kill point of this process, read once (a malformed value is reported and ignored).
+pub fn configured() -> Option<KillPoint> {
+    static POINT: OnceLock<Option<KillPoint>> = OnceLock::new();
+    *POINT.get_or_init(|| {
+        let text = std::env::var(KILL_ENV).ok()?;
+        match parse(&text) {
+            Ok(p) => {
+                tracing::warn!(
+                    step = p.step,
+                    phase = p.phase.name(),
+                    "fault injection: this worker will kill itself"
+                );
+                Some(p)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    })
+}
+
+/// Whether the process dies at (`step`, `phase`).
+pub fn armed(step: u64, phase: Phase) -> bool {
+    configured() == Some(KillPoint { step, phase })
+}
+
+/// Dies at (`step`, `phase`) if configured so.
+pub fn point(step: u64, phase: Phase) {
+    if armed(step, phase) {
+        die(step, phase);
+    }
+}
+
+fn die(step: u64, phase: Phase) -> ! {
+    eprintln!(
+        "fault injection: SIGKILL at step {step}, phase {}",
+        phase.name()
+    );
+    // `kill -KILL` on ourselves: a real SIGKILL without unsafe code; abort if it is missing.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &std::process::id().to_string()])
+        .status();
+    std::process::abort()
+}
+
+/// A sender that dies after its first message of `step` went out (mid all-reduce).
+pub struct DieAfterFirst<'a, S> {
+    /// The real sender.
+    pub inner: &'a mut S,
+    /// The step.
+    pub step: u64,
+}
+
+impl<M: Send, S: RingSend<M>> RingSend<M> for DieAfterFirst<'_, S> {
+    async fn send(&mut self, msg: M) -> Result<(), RingError> {
+        self.inner.send(msg).await?;
+        die(self.step, Phase::AllReduce)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_points_parse_and_bad_ones_name_the_variable() {
+        assert_eq!(
+            parse("12:allreduce"),
+            Ok(KillPoint {
+                step: 12,
+                phase: Phase::AllReduce
+            })
+        );
+        for p in Phase::ALL {
+            assert_eq!(parse(&format!("3:{}", p.name())).map(|k| k.phase), Ok(p));
+        }
+        for bad in ["", "12", "x:read", "4:reed"] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.contains(KILL_ENV) && e.contains("allreduce"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! One epoch of distributed steps (DESIGN §5), through failures.
+//!
+//! Per step, on every rank: take the next batch (or none while this rank has no lease),
+//! forward/backward, all-reduce the packed dense buffer, exchange the row-sparse embedding
+//! gradients, vote the step with the rows it consumed, and apply the global batch's mean
+//! gradient once the coordinator says every member voted. If the ring breaks or the generation
+//! changes first, nothing was applied anywhere: the rank rejoins the new ring and redoes the
+//! step with the same batch (a rank without one asks for a lease again: the dead worker's come
+//! back). The epoch ends at the first step whose reduced row count is zero, a decision that is
+//! itself voted, so every rank leaves the step loop in the same generation.
+
+use std::time::Instant;
+
+use funnel_common::batch::Batch;
+use funnel_proto::v1 as pb;
+use tokio::runtime::Handle;
+
+use super::coordinator::refused;
+use super::epoch::ClusterContext;
+use super::faults::{self, Phase};
+use super::generation::Interrupt;
+use super::leases::{LeaseItem, LeaseReader};
+use super::pack::{ReducedStep, pack, scale_sparse, unpack};
+use crate::WorkerError;
+use crate::local::{EpochTraining, finish_epoch, progress_bar};
+use crate::ring::{StepTag, all_reduce, sparse_exchange};
+use crate::state::TrainerState;
+use crate::trainer::{LocalGrads, Trainer};
+
+type Input = (Batch, Vec<(u64, Vec<u32>)>);
+
+/// One epoch of steps. The sums in the result are over the global batches (identical on
+/// every rank).
+pub(crate) fn train_epoch(
+    trainer: &mut Trainer,
+    state: &mut TrainerState,
+    ctx: &mut ClusterContext,
+    runtime: &Handle,
+) -> Result<EpochTraining, WorkerError> {
+    let job = trainer.job().clone();
+    let epoch = state.epochs_done;
+    let mut rx = {
+        let _guard = runtime.enter();
+        LeaseReader {
+            client: ctx.client.clone(),
+            worker_id: ctx.ring.worker_id.clone(),
+            generation: ctx.ring.news.subscribe(),
+            rank: ctx.ring.config.rank,
+            ranks: ctx.ring.config.size,
+            reader: ctx.train_reader.clone(),
+            global_batch: job.spec.train.batch_size,
+            shuffle_rows: job.spec.data.shuffle_buffer,
+            seed: job.spec.train.seed,
+            prefetch: 4,
+        }
+        .spawn(epoch as u32)
+    };
+    let bar = progress_bar(
+        ctx.progress && ctx.ring.config.rank == 0,
+        ctx.train.total_rows(),
+        epoch,
+        job.spec.train.epochs,
+    );
+    let dense_len = trainer.model().params().len();
+    let tasks = trainer.weights().len();
+    let dims: Vec<usize> = trainer
+        .embeddings()
+        .tables()
+        .iter()
+        .map(|t| t.dim())
+        .collect();
+    let mut out = EpochTraining {
+        task_loss_sums: vec![0.0; tasks],
+        grad_norm_sums: vec![0.0; tasks],
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut last_line = started;
+    // The generation of the reader's last "no lease for you": it asks again in a newer one.
+    let mut idle: Option<u64> = None;
+    let mut carry: Option<Input> = None;
+    loop {
+        let input = match carry.take() {
+            Some(c) => Some(c),
+            None => next_input(&mut rx, &mut idle, &mut out, ctx.ring.generation)?,
+        };
+        let step = state.step + 1;
+        faults::point(step, Phase::Read);
+        let sampled = trainer.samples_stats(step);
+        let local = match &input {
+            Some((b, _)) => Some(trainer.compute_with(b, sampled)?),
+            None => None,
+        };
+        faults::point(step, Phase::Compute);
+        if let Some(g) = &local
+            && !g.loss.is_finite()
+        {
+            return Err(WorkerError::NonFinite(format!(
+                "loss is {} at epoch {epoch}, step {step} on rank {}",
+                g.loss, ctx.ring.config.rank
+            )));
+        }
+        let rows: Vec<pb::LeaseRows> = input
+            .as_ref()
+            .map(|(_, rows)| {
+                rows.iter()
+                    .map(|(lease_id, r)| pb::LeaseRows {
+                        lease_id: *lease_id,
+                        rows: r
+                            .iter()
+                            .flat_map(|x| x.to_le_bytes())
+                            .collect::<Vec<u8>>()
+                            .into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let buf = pack(local.as_ref(), dense_len, tasks);
+        let sparse = scale_sparse(local.as_ref(), &dims);
+        let done = runtime.block_on(async {
+            let tag = StepTag {
+                generation: ctx.ring.generation,
+                step,
+                layout_hash: ctx.layout_hash,
+            };
+            let cfg = ctx.ring.config;
+            let mut buf = buf;
+            let news = ctx.ring.news.subscribe();
+            let links = match ctx.ring.links().await {
+                Ok(l) => l,
+                Err(e) => return Err(Interrupt::Ring(e)),
+            };
+            let exchange = async {
+                if faults::armed(step, Phase::AllReduce) {
+                    let mut tx = faults::DieAfterFirst {
+                        inner: &mut links.chunk_tx,
+                        step,
+                    };
+                    all_reduce(&cfg, tag, &mut buf, &mut tx, &mut links.chunk_rx).await?;
+                } else {
+                    all_reduce(
+                        &cfg,
+                        tag,
+                        &mut buf,
+                        &mut links.chunk_tx,
+                        &mut links.chunk_rx,
+                    )
+                    .await?;
+                }
+                let reduced = unpack(&mut buf, dense_len, tasks, sampled)
+                    .map_err(|e| crate::ring::RingError::Config(format!("step {step}: {e}")))?;
+                // The epoch-ending step has nothing sparse to exchange.
+                let merged = if reduced.rows == 0 {
+                    Vec::new()
+                } else {
+                    sparse_exchange(
+                        &cfg,
+                        tag,
+                        &sparse,
+                        &mut links.sparse_tx,
+                        &mut links.sparse_rx,
+                    )
+                    .await?
+                };
+                Ok((reduced, merged))
+            };
+            let (reduced, merged) = guard(news, tag.generation, exchange).await?;
+            faults::point(step, Phase::Vote);
+            let vote = ctx
+                .client
+                .commit_step(pb::CommitStepRequest {
+                    worker_id: ctx.ring.worker_id.clone(),
+                    generation: tag.generation,
+                    step,
+                    layout_hash: ctx.layout_hash,
+                    rows,
+                    epoch_end: reduced.rows == 0,
+                })
+                .await
+                .map_err(|s| refused("CommitStep", s));
+            let vote = match vote {
+                Ok(v) => v.into_inner(),
+                Err(e) => return Ok(Err(e)),
+            };
+            if !vote.committed {
+                return Err(Interrupt::NotCommitted(vote.reason));
+            }
+            faults::point(step, Phase::Commit);
+            Ok(Ok((reduced, buf, merged)))
+        });
+        let (reduced, buf, mut merged) = match done {
+            Ok(r) => r?,
+            Err(cause) => {
+                // Nothing was applied anywhere: rejoin, then redo this step with this batch.
+                carry = input;
+                runtime.block_on(ctx.ring.rejoin(&mut ctx.client, &cause))?;
+                continue;
+            }
+        };
+        if reduced.rows == 0 {
+            break; // every rank's data has ended, and every rank voted so
+        }
+        for g in &mut merged {
+            g.divide(reduced.rows as f32);
+        }
+        apply(trainer, step, &reduced, buf, merged)?;
+        if let Some(g) = &reduced.grad_norms {
+            out.grad_norm_samples += 1;
+            for (s, v) in out.grad_norm_sums.iter_mut().zip(g) {
+                *s += v;
+            }
+        }
+        state.step = step;
+        out.steps += 1;
+        out.rows += reduced.rows;
+        out.loss_sum += reduced.loss * reduced.rows as f64;
+        for (s, l) in out.task_loss_sums.iter_mut().zip(&reduced.task_losses) {
+            *s += l * reduced.rows as f64;
+        }
+        bar.inc(reduced.rows);
+        if out.steps % 20 == 1 {
+            bar.set_message(format!("loss {:.4}", out.loss_sum / out.rows as f64));
+        }
+        if ctx.progress_lines
+            && ctx.ring.config.rank == 0
+            && last_line.elapsed().as_secs_f64() >= 1.0
+        {
+            last_line = Instant::now();
+            println!(
+                "progress {}",
+                serde_json::json!({
+                    "epoch": epoch,
+                    "epochs": job.spec.train.epochs,
+                    "rows": out.rows,
+                    "total": ctx.train.total_rows(),
+                    "step": step,
+                    "loss": out.loss_sum / out.rows.max(1) as f64,
+                    "rows_per_s": out.rows as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                })
+            );
+        }
+    }
+    finish_epoch(&mut out, started, &bar, state.step);
+    Ok(out)
+}
+
+/// The next batch, or `None` while the coordinator has no lease for this rank in `generation`.
+fn next_input(
+    rx: &mut tokio::sync::mpsc::Receiver<LeaseItem>,
+    idle: &mut Option<u64>,
+    out: &mut EpochTraining,
+    generation: u64,
+) -> Result<Option<Input>, WorkerError> {
+    loop {
+        if idle.is_some_and(|g| g >= generation) {
+            return Ok(None);
+        }
+        match rx.blocking_recv() {
+            Some(LeaseItem::Batch(b, rows)) => {
+                *idle = None;
+                return Ok(Some((b, rows)));
+            }
+            // An answer of an older generation: the reader is asking again.
+            Some(LeaseItem::Idle {
+                generation: g,
+                stats,
+            }) => {
+                out.decode = stats;
+                *idle = Some(g);
+            }
+            Some(LeaseItem::Failed(e)) => return Err(e),
+            None => return Err(WorkerError::Internal("lease reader stopped".into())),
+        }
+    }
+}
+
+/// Runs `exchange` unless generation news newer than `current` arrives first.
+async fn guard<T>(
+    mut news: tokio::sync::watch::Receiver<u64>,
+    current: u64,
+    exchange: impl std::future::Future<Output = Result<T, crate::ring::RingError>>,
+) -> Result<T, Interrupt> {
+    tokio::select! {
+        r = exchange => r.map_err(Interrupt::Ring),
+        g = async move {
+            match news.wait_for(|g| *g > current).await {
+                Ok(g) => *g,
+                Err(_) => std::future::pending().await,
+            }
+        } => Err(Interrupt::Newer(g)),
+    }
+}
+
+/// Applies a committed step's reduced gradient.
+fn apply(
+    trainer: &mut Trainer,
+    step: u64,
+    reduced: &ReducedStep,
+    dense: Vec<f32>,
+    sparse: Vec<funnel_common::embedding::SparseGrad>,
+) -> Result<(), WorkerError> {
+    trainer.apply(&LocalGrads {
+        rows: reduced.rows as usize,
+        loss: reduced.loss as f32,
+        task_losses: reduced.task_losses.iter().map(|&l| l as f32).collect(),
+        dense,
+        sparse,
+        task_grad_sq_norms: None,
+    })?;
+    trainer.after_step(step, &reduced.task_losses, reduced.grad_norms.as_deref());
+    Ok(())
+}
