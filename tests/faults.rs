@@ -4,6 +4,9 @@
 //! The job must complete on the survivor, `funnel audit` must prove every row of every epoch
 //! counted exactly once, and the final eval AUC must match the same job without faults.
 //!
+//! A second test is the fault matrix: one job per phase of a step (and the epoch barrier), the
+//! victim rank 1 or rank 0 (who evaluates and checkpoints).
+//!
 //! Recovery time per kill (the killed process's exit, seen by a thread blocked in `wait`, to
 //! the first survivor's "rejoined the ring" line) is printed for the notes; nothing sleeps.
 
@@ -23,7 +26,9 @@ type Log = Arc<Mutex<Vec<(Instant, String)>>>;
 
 const TOKEN: &str = "fault-test-token";
 
-fn setup(dir: &Path) -> String {
+/// Generated data of `rows` rows in 2 objects of `row_group_rows`-row groups and a spec for
+/// `workers` workers with a 1 s heartbeat timeout and the audit on.
+fn setup(dir: &Path, rows: &str, row_group_rows: &str, workers: usize) -> String {
     let data = format!("file://{}/data", dir.display());
     let spec = dir.join("job.toml");
     funnel(&[
@@ -31,11 +36,11 @@ fn setup(dir: &Path) -> String {
         "--output",
         &data,
         "--rows",
-        "200000",
+        rows,
         "--files",
         "2",
         "--row-group-rows",
-        "2000",
+        row_group_rows,
         "--eval-fraction",
         "0.2",
         "--users",
@@ -50,8 +55,11 @@ fn setup(dir: &Path) -> String {
         .expect("spec")
         .replace("hidden = [256, 128]", "hidden = [32, 16]")
         .replace("batch_size = 1024", "batch_size = 512")
-        + "\n[cluster]\nworkers = 4\nheartbeat_interval_ms = 100\nheartbeat_timeout_ms = 1000\n\
-           step_timeout_ms = 20000\njoin_timeout_ms = 60000\naudit = true\n";
+        + &format!(
+            "\n[cluster]\nworkers = {workers}\nheartbeat_interval_ms = 100\n\
+             heartbeat_timeout_ms = 1000\nstep_timeout_ms = 20000\njoin_timeout_ms = 60000\n\
+             audit = true\n"
+        );
     std::fs::write(&spec, text).expect("write spec");
     spec.to_str().expect("utf8").to_string()
 }
@@ -113,10 +121,108 @@ fn final_auc(output: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Runs `spec` as a coordinator and `workers` worker processes; worker `w` of each
+/// `(w, point)` in `kills` dies at `point`. Checks that the job and every other worker succeed
+/// and each marked worker died by SIGKILL; returns, per kill, the time from the death to the
+/// next "rejoined the ring" of another worker.
+fn run_job(spec: &str, out: &str, workers: usize, kills: &[(usize, String)]) -> Vec<Duration> {
+    let (mut coordinator, clog) = spawn(
+        &[
+            "coordinator",
+            "--config",
+            spec,
+            "--listen",
+            "127.0.0.1:0",
+            "--output",
+            out,
+        ],
+        &[],
+    );
+    let url = loop {
+        let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
+            l.strip_prefix("coordinator listening on ")
+                .map(|a| format!("http://{a}"))
+        });
+        if let Some(u) = found {
+            break u;
+        }
+        if let Ok(Some(s)) = coordinator.try_wait() {
+            panic!("coordinator exited {s}:\n{}", text(&clog));
+        }
+        std::thread::yield_now();
+    };
+    let kill_of = |w: usize| kills.iter().find(|(k, _)| *k == w).map(|(_, p)| p.clone());
+    let mut running = Vec::new();
+    for w in 0..workers {
+        let env: Vec<(&str, String)> = kill_of(w)
+            .map(|p| vec![("FUNNEL_FAULT_KILL", p)])
+            .unwrap_or_default();
+        let (child, log) = spawn(
+            &[
+                "worker",
+                "--coordinator",
+                &url,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+            ],
+            &env,
+        );
+        running.push((waiter(child), log));
+    }
+    let coordinator = waiter(coordinator);
+    let ends: Vec<(std::process::ExitStatus, Instant, Log)> = running
+        .into_iter()
+        .map(|(h, log)| {
+            let (status, at) = h.join().expect("waiter");
+            (status, at, log)
+        })
+        .collect();
+    let (cstatus, _) = coordinator.join().expect("waiter");
+    assert!(cstatus.success(), "coordinator failed:\n{}", text(&clog));
+    for (w, (status, _, log)) in ends.iter().enumerate() {
+        use std::os::unix::process::ExitStatusExt;
+        match kill_of(w) {
+            None => assert!(status.success(), "worker {w} failed:\n{}", text(log)),
+            Some(p) => assert_eq!(
+                status.signal(),
+                Some(9),
+                "worker {w} was to die by SIGKILL at {p}:\n{}",
+                text(log)
+            ),
+        }
+    }
+    // Recovery: from each death to the next "rejoined the ring" of a process still alive.
+    let mut rejoins: Vec<Instant> = ends
+        .iter()
+        .flat_map(|(_, _, log)| {
+            let lines = log.lock().expect("log");
+            lines
+                .iter()
+                .filter(|(_, l)| l.contains("rejoined the ring"))
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rejoins.sort_unstable();
+    kills
+        .iter()
+        .map(|(w, p)| {
+            let died = ends[*w].1;
+            let back = rejoins
+                .iter()
+                .find(|t| **t > died)
+                .unwrap_or_else(|| panic!("no rejoin after worker {w} died at {p}"));
+            *back - died
+        })
+        .collect()
+}
+
 #[test]
 fn three_of_four_workers_killed_the_job_completes_and_every_row_counts_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = setup(dir.path());
+    let spec = setup(dir.path(), "200000", "2000", 4);
 
     // The same job without faults, on the local launcher.
     let clean = dir.path().join("clean");
@@ -155,104 +261,14 @@ fn three_of_four_workers_killed_the_job_completes_and_every_row_counts_once() {
 
     let faulty = dir.path().join("faulty");
     let out = format!("file://{}", faulty.display());
-    let (mut coordinator, clog) = spawn(
-        &[
-            "coordinator",
-            "--config",
-            &spec,
-            "--listen",
-            "127.0.0.1:0",
-            "--output",
-            &out,
-        ],
-        &[],
-    );
-    let url = loop {
-        let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-            l.strip_prefix("coordinator listening on ")
-                .map(|a| format!("http://{a}"))
-        });
-        if let Some(u) = found {
-            break u;
-        }
-        if let Ok(Some(s)) = coordinator.try_wait() {
-            panic!("coordinator exited {s}:\n{}", text(&clog));
-        }
-        std::thread::yield_now();
-    };
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let env: Vec<(&str, String)> = match w {
-            0 => Vec::new(),
-            _ => vec![("FUNNEL_FAULT_KILL", kills[w - 1].clone())],
-        };
-        let (child, log) = spawn(
-            &[
-                "worker",
-                "--coordinator",
-                &url,
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ],
-            &env,
-        );
-        workers.push((waiter(child), log));
-    }
-    let coordinator = waiter(coordinator);
-    let ends: Vec<(std::process::ExitStatus, Instant, Log)> = workers
+    let kills: Vec<(usize, String)> = kills
         .into_iter()
-        .map(|(h, log)| {
-            let (status, at) = h.join().expect("waiter");
-            (status, at, log)
-        })
+        .enumerate()
+        .map(|(i, k)| (i + 1, k))
         .collect();
-    let (cstatus, _) = coordinator.join().expect("waiter");
-    assert!(cstatus.success(), "coordinator failed:\n{}", text(&clog));
-    let survivor = &ends[0];
-    assert!(
-        survivor.0.success(),
-        "the survivor failed:\n{}",
-        text(&survivor.2)
-    );
-    for (w, (status, _, log)) in ends.iter().enumerate().skip(1) {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "worker {w} was to die by SIGKILL at {}:\n{}",
-            kills[w - 1],
-            text(log)
-        );
-    }
-
-    // Recovery: from each death to the next "rejoined the ring" of a process still alive.
-    let rejoins: Vec<Instant> = {
-        let mut v: Vec<Instant> = ends
-            .iter()
-            .flat_map(|(_, _, log)| {
-                let lines = log.lock().expect("log");
-                lines
-                    .iter()
-                    .filter(|(_, l)| l.contains("rejoined the ring"))
-                    .map(|(t, _)| *t)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    for (w, (_, died, _)) in ends.iter().enumerate().skip(1) {
-        let back = rejoins
-            .iter()
-            .find(|t| *t > died)
-            .expect("a rejoin after each death");
-        let took: Duration = *back - *died;
-        eprintln!(
-            "worker {w} killed at {}: survivors rejoined after {took:?}",
-            kills[w - 1]
-        );
+    let recovered = run_job(&spec, &out, 4, &kills);
+    for ((w, k), took) in kills.iter().zip(&recovered) {
+        eprintln!("worker {w} killed at {k}: survivors rejoined after {took:?}");
     }
 
     let audit = funnel(&["audit", &out]).success();
@@ -266,5 +282,38 @@ fn three_of_four_workers_killed_the_job_completes_and_every_row_counts_once() {
             (x - y).abs() <= 0.005,
             "AUC {y:.4} with faults vs {x:.4} without"
         );
+    }
+}
+
+/// The fault matrix: one job per (phase, victim), on small data with 3 workers. Each must
+/// complete with the survivors and pass the audit; the recovery times are printed as a table.
+#[test]
+fn a_kill_in_every_phase_of_a_step_and_at_the_barrier_is_survived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = setup(dir.path(), "30000", "1000", 3);
+    let mut table = Vec::new();
+    let cases = [
+        (1, "20:read"),
+        (1, "20:compute"),
+        (1, "20:allreduce"),
+        (1, "20:vote"),
+        (1, "20:commit"),
+        (1, "20:barrier"),
+        (0, "20:allreduce"),
+        (0, "20:barrier"),
+    ];
+    for (i, (victim, point)) in cases.into_iter().enumerate() {
+        let out = format!("file://{}/out{i}", dir.path().display());
+        let took = run_job(&spec, &out, 3, &[(victim, point.to_string())]);
+        let audit = funnel(&["audit", &out]).success();
+        assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+        table.push(format!(
+            "| worker {victim} (rank {victim} at start) | {point} | completed, audit passed | {:.2} s |",
+            took[0].as_secs_f64()
+        ));
+    }
+    eprintln!("| victim | step:phase | outcome | death to rejoin |\n|---|---|---|---|");
+    for row in table {
+        eprintln!("{row}");
     }
 }

@@ -85,6 +85,7 @@ pub fn train_epochs(
             weights_in_force: &weights_in_force,
         };
         loop {
+            super::faults::barrier(state.step);
             let checkpoint_url = if ctx.ring.config.rank == 0 {
                 let url = end.write(&mut trainer, &mut state, &ctx, runtime)?;
                 last_checkpoint = Some(url.clone());

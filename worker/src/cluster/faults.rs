@@ -26,16 +26,20 @@ pub enum Phase {
     Vote,
     /// The coordinator answered "committed"; the update was not applied here.
     Commit,
+    /// At the first epoch end after the step: its steps are committed, rank 0 has neither
+    /// evaluated nor checkpointed, nobody has reported at the barrier.
+    Barrier,
 }
 
 impl Phase {
     /// Every phase, in step order.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Read,
         Phase::Compute,
         Phase::AllReduce,
         Phase::Vote,
         Phase::Commit,
+        Phase::Barrier,
     ];
 
     /// The name used in [`KILL_ENV`].
@@ -46,6 +50,7 @@ impl Phase {
             Phase::AllReduce => "allreduce",
             Phase::Vote => "vote",
             Phase::Commit => "commit",
+            Phase::Barrier => "barrier",
         }
     }
 }
@@ -108,6 +113,16 @@ pub fn armed(step: u64, phase: Phase) -> bool {
 pub fn point(step: u64, phase: Phase) {
     if armed(step, phase) {
         die(step, phase);
+    }
+}
+
+/// Dies at the first epoch end whose last committed step is `step` or later, if configured so.
+pub fn barrier(step: u64) {
+    if let Some(p) = configured()
+        && p.phase == Phase::Barrier
+        && step >= p.step
+    {
+        die(step, Phase::Barrier);
     }
 }
 

@@ -25,8 +25,8 @@ use crate::WorkerError;
 /// What the training thread receives.
 #[derive(Debug)]
 pub enum LeaseItem {
-    /// A batch and the rows it drew from each lease: `(lease id, row indices)`.
-    Batch(Batch, Vec<(u64, Vec<u32>)>),
+    /// A batch and the lease of each of its rows.
+    Batch(Batch, Vec<u64>),
     /// No lease left for this worker in the coordinator's generation `generation` (decode
     /// statistics so far). More may come once the generation is newer.
     Idle {
@@ -112,8 +112,8 @@ impl LeaseReader {
                     Batcher::new(batch, self.shuffle_rows, shuffle_seed ^ resp.generation),
                 );
                 for b in rest.finish() {
-                    let rows = rows_by_lease(&b, &owner);
-                    if tx.send(LeaseItem::Batch(b, rows)).await.is_err() {
+                    let leases = leases_of(&b, &owner)?;
+                    if tx.send(LeaseItem::Batch(b, leases)).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -159,8 +159,8 @@ impl LeaseReader {
                         rows = rows.take(&keep);
                     }
                     for b in batcher.push(&rows) {
-                        let rows = rows_by_lease(&b, &owner);
-                        if tx.send(LeaseItem::Batch(b, rows)).await.is_err() {
+                        let leases = leases_of(&b, &owner)?;
+                        if tx.send(LeaseItem::Batch(b, leases)).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -206,15 +206,30 @@ impl Consumed<'_> {
     }
 }
 
-/// The rows of `batch` per lease, leases in increasing order.
-fn rows_by_lease(batch: &Batch, owner: &HashMap<(u32, u32), u64>) -> Vec<(u64, Vec<u32>)> {
+/// The lease of each row of `batch`.
+fn leases_of(batch: &Batch, owner: &HashMap<(u32, u32), u64>) -> Result<Vec<u64>, WorkerError> {
+    batch
+        .origins
+        .iter()
+        .map(|o| {
+            owner.get(&(o.object, o.row_group)).copied().ok_or_else(|| {
+                WorkerError::Internal(format!(
+                    "row {} of object #{} row group {} belongs to no lease",
+                    o.row, o.object, o.row_group
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The rows of `batch` per lease (`leases[r]` is row r's), leases in increasing order: what a
+/// step's commit vote reports.
+pub fn rows_by_lease(batch: &Batch, leases: &[u64]) -> Vec<(u64, Vec<u32>)> {
     let mut out: Vec<(u64, Vec<u32>)> = Vec::new();
-    for o in &batch.origins {
-        if let Some(&lease) = owner.get(&(o.object, o.row_group)) {
-            match out.iter_mut().find(|(l, _)| *l == lease) {
-                Some((_, rows)) => rows.push(o.row),
-                None => out.push((lease, vec![o.row])),
-            }
+    for (o, &lease) in batch.origins.iter().zip(leases) {
+        match out.iter_mut().find(|(l, _)| *l == lease) {
+            Some((_, rows)) => rows.push(o.row),
+            None => out.push((lease, vec![o.row])),
         }
     }
     out.sort_unstable_by_key(|(l, _)| *l);
@@ -234,6 +249,26 @@ mod tests {
         let c = Consumed(&bytes);
         let set: Vec<u32> = (0..200).filter(|&r| c.contains(r)).collect();
         assert_eq!(set, [3, 4, 5, 70]);
+    }
+
+    #[test]
+    fn a_batchs_rows_are_reported_per_lease() {
+        use funnel_common::batch::RowOrigin;
+        let mut b = Batch::empty(0, 0, 0, 0);
+        b.origins = [(7, 3), (2, 0), (7, 1), (2, 9)]
+            .into_iter()
+            .map(|(rg, row)| RowOrigin {
+                object: 0,
+                row_group: rg,
+                row,
+            })
+            .collect();
+        b.rows = 4;
+        let leases = [70, 20, 70, 20];
+        assert_eq!(
+            rows_by_lease(&b, &leases),
+            [(20, vec![0, 9]), (70, vec![3, 1])]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::coordinator::refused;
 use super::epoch::ClusterContext;
 use super::faults::{self, Phase};
 use super::generation::Interrupt;
-use super::leases::{LeaseItem, LeaseReader};
+use super::leases::{LeaseItem, LeaseReader, rank_batch_size, rows_by_lease};
 use super::pack::{ReducedStep, pack, scale_sparse, unpack};
 use crate::WorkerError;
 use crate::local::{EpochTraining, finish_epoch, progress_bar};
@@ -27,7 +27,8 @@ use crate::ring::{StepTag, all_reduce, sparse_exchange};
 use crate::state::TrainerState;
 use crate::trainer::{LocalGrads, Trainer};
 
-type Input = (Batch, Vec<(u64, Vec<u32>)>);
+/// A batch and the lease of each row.
+type Input = (Batch, Vec<u64>);
 
 /// One epoch of steps. The sums in the result are over the global batches (identical on
 /// every rank).
@@ -79,10 +80,25 @@ pub(crate) fn train_epoch(
     // The generation of the reader's last "no lease for you": it asks again in a newer one.
     let mut idle: Option<u64> = None;
     let mut carry: Option<Input> = None;
+    let mut pending: Option<Input> = None;
     loop {
+        // This rank's share of the global batch in the current ring: after a death the
+        // survivors take larger shares, so the global batch stays `train.batch_size`.
+        let share = rank_batch_size(
+            job.spec.train.batch_size,
+            ctx.ring.config.size,
+            ctx.ring.config.rank,
+        );
         let input = match carry.take() {
             Some(c) => Some(c),
-            None => next_input(&mut rx, &mut idle, &mut out, ctx.ring.generation)?,
+            None => next_input(
+                &mut rx,
+                &mut pending,
+                &mut idle,
+                &mut out,
+                ctx.ring.generation,
+                share,
+            )?,
         };
         let step = state.step + 1;
         faults::point(step, Phase::Read);
@@ -102,8 +118,9 @@ pub(crate) fn train_epoch(
         }
         let rows: Vec<pb::LeaseRows> = input
             .as_ref()
-            .map(|(_, rows)| {
-                rows.iter()
+            .map(|(b, leases)| {
+                rows_by_lease(b, leases)
+                    .iter()
                     .map(|(lease_id, r)| pb::LeaseRows {
                         lease_id: *lease_id,
                         rows: r
@@ -244,21 +261,36 @@ pub(crate) fn train_epoch(
     Ok(out)
 }
 
-/// The next batch, or `None` while the coordinator has no lease for this rank in `generation`.
+/// The next batch of `share` rows (fewer at the end of this rank's data), cut from the
+/// reader's batches, or `None` while the coordinator has no lease for this rank in
+/// `generation`. Without failures the reader's batches are `share` rows and pass unchanged.
 fn next_input(
     rx: &mut tokio::sync::mpsc::Receiver<LeaseItem>,
+    pending: &mut Option<Input>,
     idle: &mut Option<u64>,
     out: &mut EpochTraining,
     generation: u64,
+    share: usize,
 ) -> Result<Option<Input>, WorkerError> {
     loop {
+        let have = pending.as_ref().map_or(0, |(b, _)| b.rows);
+        if have >= share.max(1) {
+            return Ok(pending.take().map(|p| split(p, share, pending)));
+        }
         if idle.is_some_and(|g| g >= generation) {
-            return Ok(None);
+            // The reader has nothing more now: what is pending goes as a smaller batch.
+            return Ok(pending.take());
         }
         match rx.blocking_recv() {
-            Some(LeaseItem::Batch(b, rows)) => {
+            Some(LeaseItem::Batch(b, leases)) => {
                 *idle = None;
-                return Ok(Some((b, rows)));
+                match pending {
+                    Some((p, l)) => {
+                        p.append(&b);
+                        l.extend(leases);
+                    }
+                    None => *pending = Some((b, leases)),
+                }
             }
             // An answer of an older generation: the reader is asking again.
             Some(LeaseItem::Idle {
@@ -272,6 +304,18 @@ fn next_input(
             None => return Err(WorkerError::Internal("lease reader stopped".into())),
         }
     }
+}
+
+/// The first `share` rows of `input`; the rest go back to `pending`.
+fn split(input: Input, share: usize, pending: &mut Option<Input>) -> Input {
+    let (b, leases) = input;
+    if b.rows <= share {
+        return (b, leases);
+    }
+    let head: Vec<usize> = (0..share).collect();
+    let tail: Vec<usize> = (share..b.rows).collect();
+    *pending = Some((b.take(&tail), leases[share..].to_vec()));
+    (b.take(&head), leases[..share].to_vec())
 }
 
 /// Runs `exchange` unless generation news newer than `current` arrives first.
