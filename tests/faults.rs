@@ -317,3 +317,119 @@ fn a_kill_in_every_phase_of_a_step_and_at_the_barrier_is_survived() {
         eprintln!("{row}");
     }
 }
+
+/// Coordinator loss (issue 6 point 3): the coordinator SIGKILLs itself after committing a step
+/// of epoch 0 (no checkpoint yet: the job restarts from the seed) and, restarted on the same
+/// address, after a step of epoch 1 (it resumes from epoch 0's checkpoint). The workers
+/// reconnect each time and resume from the latest checkpoint; the job completes, every row of
+/// every epoch counts exactly once, and the model ends where the job without faults ends.
+#[test]
+fn the_coordinator_killed_twice_restarts_and_the_job_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = setup(dir.path(), "60000", "1000", 3);
+    let clean = dir.path().join("clean");
+    funnel(&[
+        "train",
+        "--config",
+        &spec,
+        "--output",
+        &format!("file://{}", clean.display()),
+        "--workers",
+        "3",
+        "--threads",
+        "1",
+    ])
+    .success();
+
+    let faulty = dir.path().join("faulty");
+    let out = format!("file://{}", faulty.display());
+    // ~94 steps per epoch (48,000 training rows, global batch 512).
+    let kills = [Some("40"), Some("134"), None];
+    let mut listen = "127.0.0.1:0".to_string();
+    let mut workers = Vec::new();
+    for (i, kill) in kills.iter().enumerate() {
+        let env: Vec<(&str, String)> = kill
+            .map(|k| vec![("FUNNEL_FAULT_KILL_COORDINATOR", k.to_string())])
+            .unwrap_or_default();
+        let (mut coordinator, clog) = spawn(
+            &[
+                "coordinator",
+                "--config",
+                &spec,
+                "--listen",
+                &listen,
+                "--output",
+                &out,
+            ],
+            &env,
+        );
+        let addr = loop {
+            let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
+                l.strip_prefix("coordinator listening on ")
+                    .map(str::to_string)
+            });
+            if let Some(a) = found {
+                break a;
+            }
+            if let Ok(Some(s)) = coordinator.try_wait() {
+                panic!("coordinator {i} exited {s}:\n{}", text(&clog));
+            }
+            std::thread::yield_now();
+        };
+        if i == 0 {
+            // Restarts listen where the workers reconnect.
+            listen = addr.clone();
+            let url = format!("http://{addr}");
+            for _ in 0..3 {
+                let (child, log) = spawn(
+                    &[
+                        "worker",
+                        "--coordinator",
+                        &url,
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--threads",
+                        "1",
+                    ],
+                    &[],
+                );
+                workers.push((waiter(child), log));
+            }
+        }
+        let (status, _) = waiter(coordinator).join().expect("waiter");
+        use std::os::unix::process::ExitStatusExt;
+        match kill {
+            Some(k) => assert_eq!(
+                status.signal(),
+                Some(9),
+                "coordinator {i} was to die after step {k}:\n{}",
+                text(&clog)
+            ),
+            None => assert!(status.success(), "coordinator {i} failed:\n{}", text(&clog)),
+        }
+    }
+    for (w, (h, log)) in workers.into_iter().enumerate() {
+        let (status, _) = h.join().expect("waiter");
+        assert!(status.success(), "worker {w} failed:\n{}", text(&log));
+        assert!(
+            text(&log).contains("coordinator lost"),
+            "worker {w} never saw the coordinator go:\n{}",
+            text(&log)
+        );
+    }
+    assert!(faulty.join("coordinator/journal.json").exists());
+    let audit = funnel(&["audit", &out]).success();
+    assert!(
+        audit.stdout.contains("every row of 2 epochs"),
+        "{}",
+        audit.stdout
+    );
+    let (a, b) = (final_auc(&clean), final_auc(&faulty));
+    eprintln!("final eval AUC without faults {a:?}; coordinator killed twice {b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 0.005,
+            "AUC {y:.4} with restarts vs {x:.4} without"
+        );
+    }
+}

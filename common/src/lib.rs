@@ -22,6 +22,7 @@
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
 //! - [`error`]: the crate's error type.
+//! - [`fault`]: SIGKILL on purpose, for fault-injection tests.
 
 pub mod audit;
 pub mod batch;
@@ -30,6 +31,7 @@ pub mod columns;
 pub mod decode;
 pub mod embedding;
 pub mod error;
+pub mod fault;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;

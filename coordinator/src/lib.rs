@@ -8,6 +8,7 @@
 //! - [`membership`]: registration, ranks, generations, heartbeat expiry, removal and fencing.
 //! - [`votes`]: rounds that complete when every member reported them (step commits, epochs).
 //! - [`ledger`]: the exact rows committed per lease; a row counted twice is refused.
+//! - [`journal`]: what a restarted coordinator resumes with and checks (spec, data, generation).
 //! - [`state`]: the shared state and the long-poll wait on it.
 //! - [`service`]: the `funnel.v1.Coordinator` gRPC service.
 //! - [`wire`]: conversions to and from `funnel.v1` messages.
@@ -15,6 +16,7 @@
 //! - [`error`]: [`CoordinatorError`] and its conversion to gRPC `Status`.
 
 pub mod error;
+pub mod journal;
 pub mod leases;
 pub mod ledger;
 pub mod membership;

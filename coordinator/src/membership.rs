@@ -57,6 +57,9 @@ pub struct Membership {
     layout_hash: Option<u64>,
     members: Vec<Member>,
     generation: u64,
+    /// The generation before the first ring (0, or the last one of a coordinator restarted
+    /// from its journal: the new ring's generations are newer than any message in flight).
+    base: u64,
     /// Workers removed (dead or cut off), with the reason.
     fenced: Vec<(String, String)>,
 }
@@ -70,7 +73,16 @@ impl Membership {
             layout_hash: None,
             members: Vec::new(),
             generation: 0,
+            base: 0,
             fenced: Vec::new(),
+        }
+    }
+
+    /// Like [`Membership::new`], with generations counted on from `after` (a restart).
+    pub fn after(expected: usize, config_hash: u64, after: u64) -> Self {
+        Self {
+            base: after,
+            ..Self::new(expected, config_hash)
         }
     }
 
@@ -113,12 +125,12 @@ impl Membership {
         };
         self.members.push(member.clone());
         if self.members.len() == self.expected {
-            self.generation = 1;
+            self.generation = self.base + 1;
         }
         Ok(member)
     }
 
-    /// The current generation: 0 while the ring is incomplete.
+    /// The current generation: 0 while the first ring is incomplete.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -208,6 +220,9 @@ mod tests {
         let c = m.register("c", "127.0.0.1:3", 11, 5, 2).expect("joins");
         assert_eq!((c.rank, m.generation()), (2, 1));
         assert_eq!(m.register("d", "x", 11, 5, 3), Err(JoinRefusal::Full(3)));
+        let mut r = Membership::after(1, 11, 7);
+        r.register("a", "x", 11, 5, 0).expect("joins");
+        assert_eq!(r.generation(), 8, "a restarted coordinator counts on");
     }
 
     #[test]

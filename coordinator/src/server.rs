@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, info_span};
 
 use crate::error::CoordinatorError;
+use crate::journal;
 use crate::service::CoordinatorService;
 use crate::state::{JobContext, Shared};
 
@@ -109,6 +110,22 @@ fn audit_dataset(train: &DatasetManifest) -> funnel_common::audit::AuditDataset 
     }
 }
 
+/// Epochs done in the output's latest checkpoint (0 without one).
+async fn latest_epochs_done(output: &str) -> Result<u32, CoordinatorError> {
+    let Some(name) = funnel_common::checkpoint::latest(output).await? else {
+        return Ok(0);
+    };
+    let url = format!("{}/checkpoints/{name}", output.trim_end_matches('/'));
+    let ckpt = funnel_common::checkpoint::open(&url).await?;
+    let trainer: serde_json::Value = serde_json::from_slice(ckpt.file("trainer.json")?)
+        .map_err(|e| CoordinatorError::Invalid(format!("{url}/trainer.json: {e}")))?;
+    trainer
+        .get("epochs_done")
+        .and_then(|e| e.as_u64())
+        .map(|e| e as u32)
+        .ok_or_else(|| CoordinatorError::Invalid(format!("{url}/trainer.json: no epochs_done")))
+}
+
 /// Binds `listen` (port 0 = ephemeral); the bound address is known before serving.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
     TcpListener::bind(listen)
@@ -126,10 +143,38 @@ pub async fn serve(
     let span = info_span!("coordinator", job = %ctx.job.spec.name);
     let _span = span.enter();
     let cluster = ctx.job.spec.cluster.clone();
+    // A restart: the journal must describe this spec and this data; the epochs done come from
+    // the latest checkpoint (the model's state, which the workers load).
+    let (epoch, generation) = match journal::read(&ctx.output).await? {
+        Some(j) => {
+            journal::check_resume(&j, ctx.config_hash, &journal::objects(&ctx.train))?;
+            let epoch = latest_epochs_done(&ctx.output).await?;
+            info!(
+                epochs_done = epoch,
+                journaled_epochs = j.epochs_done,
+                generation = j.generation,
+                failures = j.failures.len(),
+                "resuming from the journal and the latest checkpoint"
+            );
+            (epoch, j.generation)
+        }
+        None => (0, 0),
+    };
+    if epoch as usize >= ctx.job.spec.train.epochs {
+        info!(
+            epochs = epoch,
+            "the job's last epoch is already checkpointed"
+        );
+        return Ok(JobOutcome {
+            epochs: epoch,
+            step: 0,
+            checkpoint: funnel_common::checkpoint::latest(&ctx.output).await?,
+        });
+    }
     if cluster.audit {
         funnel_common::audit::write_dataset(&ctx.output, &audit_dataset(&ctx.train)).await?;
     }
-    let shared = Shared::new(ctx, weighting);
+    let shared = Shared::new(ctx, weighting, epoch, generation);
     let service = tonic::service::interceptor::InterceptedService::new(
         CoordinatorServer::new(CoordinatorService::new(shared.clone()))
             .max_decoding_message_size(64 << 20)

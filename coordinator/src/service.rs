@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
+use crate::journal::Journal;
 use crate::ledger::LeaseRows;
 use crate::membership::Member;
 use crate::state::{EpochReport, Shared, State};
@@ -118,6 +119,25 @@ fn live_member(st: &State, worker: &str) -> Result<Member, CoordinatorError> {
         .member(worker)
         .cloned()
         .ok_or_else(|| CoordinatorError::UnknownWorker(worker.to_string()))
+}
+
+/// `FUNNEL_FAULT_KILL_COORDINATOR=<step>`: the coordinator SIGKILLs itself right after
+/// committing that step, before answering the votes (end-to-end tests of its restart).
+fn kill_after_step() -> Option<u64> {
+    static STEP: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *STEP.get_or_init(|| {
+        let v = std::env::var("FUNNEL_FAULT_KILL_COORDINATOR").ok()?;
+        match v.trim().parse() {
+            Ok(step) => {
+                warn!(step, "fault injection: the coordinator will kill itself");
+                Some(step)
+            }
+            Err(_) => {
+                warn!(value = %v, "FUNNEL_FAULT_KILL_COORDINATOR is not a step number; ignored");
+                None
+            }
+        }
+    })
 }
 
 fn failed(st: &State) -> Result<(), CoordinatorError> {
@@ -372,6 +392,11 @@ impl Coordinator for CoordinatorService {
                 if self.shared.ctx.job.spec.cluster.audit && !r.epoch_end {
                     self.record_audit(&mut st, step, &all);
                 }
+                if !r.epoch_end && kill_after_step() == Some(step) {
+                    funnel_common::fault::sigkill_self(&format!(
+                        "coordinator after committing step {step}"
+                    ));
+                }
                 drop(st);
                 self.shared.changed();
             }
@@ -440,6 +465,7 @@ impl Coordinator for CoordinatorService {
             }))
         };
         let mut audit = None;
+        let mut journal_entry = None;
         {
             let mut st = self.shared.lock();
             failed(&st)?;
@@ -504,7 +530,22 @@ impl Coordinator for CoordinatorService {
                 if self.shared.ctx.job.spec.cluster.audit {
                     audit = Some(st.audit.remove(&epoch).unwrap_or_default());
                 }
+                journal_entry = Some(Journal {
+                    format: crate::journal::FORMAT,
+                    config_hash: format!("{:016x}", self.shared.ctx.config_hash),
+                    epochs_done: st.epoch,
+                    step: st.ledger.committed_step().unwrap_or(0),
+                    generation: st.membership.generation(),
+                    weights: st.weighting.weights.clone(),
+                    failures: st.failures.clone(),
+                    data: crate::journal::objects(&self.shared.ctx.train),
+                });
             }
+        }
+        if let Some(j) = journal_entry
+            && let Err(e) = crate::journal::write(&self.shared.ctx.output, &j).await
+        {
+            self.shared.fail(format!("epoch {epoch}: journal: {e}"));
         }
         if let Some(rows) = audit {
             // Written before anyone is told the epoch completed, so a finished job has it.

@@ -94,11 +94,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh state for `ctx` with `weighting` (initial, or restored from a checkpoint).
-    pub fn new(ctx: JobContext, weighting: WeightingState) -> Arc<Self> {
+    /// Fresh state for `ctx` with `weighting` (initial, or restored from a checkpoint), from
+    /// epoch `epoch`, with ring generations after `generation` (both 0 for a new job).
+    pub fn new(
+        ctx: JobContext,
+        weighting: WeightingState,
+        epoch: u32,
+        generation: u64,
+    ) -> Arc<Self> {
         let workers = ctx.job.spec.cluster.workers;
         let state = State {
-            membership: Membership::new(workers, ctx.config_hash),
+            membership: Membership::after(workers, ctx.config_hash, generation),
             steps: RoundVotes::new(workers),
             epochs: RoundVotes::new(workers),
             ledger: Ledger::default(),
@@ -108,7 +114,7 @@ impl Shared {
             audit: BTreeMap::new(),
             failures: Vec::new(),
             weighting,
-            epoch: 0,
+            epoch,
             checkpoint: None,
             failed: None,
             done: false,

@@ -46,6 +46,10 @@ pub enum WorkerError {
     /// The coordinator refused a call or cannot be reached (the call is named).
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// The coordinator went away mid-job (its connection failed): the worker reconnects,
+    /// resumes from the latest checkpoint and registers again.
+    #[error("coordinator lost: {0}")]
+    CoordinatorLost(String),
     /// An internal step failed (serialisation, a channel).
     #[error("internal error: {0}")]
     Internal(String),

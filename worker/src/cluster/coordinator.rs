@@ -49,13 +49,39 @@ pub async fn connect(
         .max_encoding_message_size(64 << 20))
 }
 
-/// A refused or failed coordinator call, naming the call.
+/// A refused or failed coordinator call, naming the call. A broken connection (the
+/// coordinator died or restarts) is [`WorkerError::CoordinatorLost`]; a refusal is not.
 pub fn refused(call: &str, status: tonic::Status) -> WorkerError {
-    WorkerError::Coordinator(format!(
-        "{call}: {} ({:?})",
-        status.message(),
-        status.code()
-    ))
+    let text = format!("{call}: {} ({:?})", status.message(), status.code());
+    if connection_lost(&status) {
+        WorkerError::CoordinatorLost(text)
+    } else {
+        WorkerError::Coordinator(text)
+    }
+}
+
+/// Whether `status` says the connection failed rather than the coordinator answering: tonic
+/// reports a refused or reset connection as UNAVAILABLE, and a stream cut mid-call as UNKNOWN
+/// or CANCELLED with a transport message.
+pub fn connection_lost(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    let transport = || {
+        let m = status.message().to_ascii_lowercase();
+        [
+            "transport",
+            "connection",
+            "h2 protocol",
+            "broken pipe",
+            "reset",
+        ]
+        .iter()
+        .any(|w| m.contains(w))
+    };
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Cancelled | Code::Internal => transport(),
+        _ => false,
+    }
 }
 
 /// The job as the coordinator serves it.

@@ -127,15 +127,7 @@ pub fn barrier(step: u64) {
 }
 
 fn die(step: u64, phase: Phase) -> ! {
-    eprintln!(
-        "fault injection: SIGKILL at step {step}, phase {}",
-        phase.name()
-    );
-    // `kill -KILL` on ourselves: a real SIGKILL without unsafe code; abort if it is missing.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &std::process::id().to_string()])
-        .status();
-    std::process::abort()
+    funnel_common::fault::sigkill_self(&format!("worker at step {step}, phase {}", phase.name()))
 }
 
 /// A sender that dies after its first message of `step` went out (mid all-reduce).

@@ -60,7 +60,26 @@ pub struct WorkerOptions {
 }
 
 /// Runs one worker to the end of the job, on this thread; `runtime` runs the I/O.
+///
+/// If the coordinator goes away mid-job, the worker reconnects (for up to a minute, with
+/// backoff), resumes from the output's latest checkpoint and registers with the restarted
+/// coordinator: the rows consumed after that checkpoint are replayed together with the model's
+/// rollback, so exactly-once holds for the model's state (DESIGN §6).
 pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
+    let mut restarts = 0u32;
+    loop {
+        match run_session(opts, runtime) {
+            Err(WorkerError::CoordinatorLost(why)) => {
+                restarts += 1;
+                warn!(restarts, cause = %why, "coordinator lost; reconnecting to resume from the latest checkpoint");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One registration with one coordinator run: to the end of the job, or until it is lost.
+fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
     let mut client = runtime.block_on(coordinator::connect(
         &opts.coordinator,
         &opts.token,
@@ -79,6 +98,20 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
 
     // Every worker starts from the same state: the output's latest checkpoint, or the seed.
     let (trainer, state) = start_state(&job, &served.output, runtime)?;
+    if state.epochs_done >= job.spec.train.epochs as u64 {
+        // The job completed before a coordinator restart: nothing left to train.
+        info!(
+            epochs = state.epochs_done,
+            "the job's last epoch is already checkpointed"
+        );
+        return Ok(RunSummary {
+            steps: state.step,
+            epochs: state.epochs_done,
+            epochs_run: 0,
+            checkpoint: None,
+            history: state.history,
+        });
+    }
     let layout_hash = trainer.model().layout_hash();
 
     let node = {
