@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod procs;
+
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use std::path::{Path, PathBuf};

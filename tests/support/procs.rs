@@ -1,0 +1,129 @@
+//! Processes of a distributed job for the end-to-end fault tests: generated data with a spec
+//! for N workers (1 s heartbeat timeout, audit on), `funnel` processes whose output is
+//! collected line by line with the instant each line was read, waiters that record when a
+//! process ended, and the final eval AUC of a run.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::funnel;
+
+/// Lines of one process, with the instant each was read.
+pub type Log = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// The job token every process of these tests uses.
+pub const TOKEN: &str = "fault-test-token";
+
+/// Generated data of `rows` rows in 2 objects of `row_group_rows`-row groups and a spec for
+/// `workers` workers with a 1 s heartbeat timeout and the audit on.
+pub fn setup(dir: &Path, rows: &str, row_group_rows: &str, workers: usize) -> String {
+    let data = format!("file://{}/data", dir.display());
+    let spec = dir.join("job.toml");
+    funnel(&[
+        "gen-data",
+        "--output",
+        &data,
+        "--rows",
+        rows,
+        "--files",
+        "2",
+        "--row-group-rows",
+        row_group_rows,
+        "--eval-fraction",
+        "0.2",
+        "--users",
+        "300",
+        "--items",
+        "1000",
+        "--write-config",
+        spec.to_str().expect("utf8"),
+    ])
+    .success();
+    let text = std::fs::read_to_string(&spec)
+        .expect("spec")
+        .replace("hidden = [256, 128]", "hidden = [32, 16]")
+        .replace("batch_size = 1024", "batch_size = 512")
+        + &format!(
+            "\n[cluster]\nworkers = {workers}\nheartbeat_interval_ms = 100\n\
+             heartbeat_timeout_ms = 1000\nstep_timeout_ms = 20000\njoin_timeout_ms = 60000\n\
+             audit = true\n"
+        );
+    std::fs::write(&spec, text).expect("write spec");
+    spec.to_str().expect("utf8").to_string()
+}
+
+/// Starts `funnel ARGS` with piped output collected into a [`Log`] by reader threads.
+pub fn spawn(args: &[&str], env: &[(&str, String)]) -> (Child, Log) {
+    spawn_watched(args, env, None)
+}
+
+/// Called with each line a process prints, as it is read.
+pub type LineHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// [`spawn`], calling `hook` with every line.
+pub fn spawn_watched(
+    args: &[&str],
+    env: &[(&str, String)],
+    hook: Option<LineHook>,
+) -> (Child, Log) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel"));
+    cmd.args(args)
+        .env("FUNNEL_JOB_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("funnel starts");
+    let log: Log = Arc::default();
+    for pipe in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let log = log.clone();
+        let hook = hook.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(h) = &hook {
+                    h(&line);
+                }
+                log.lock().expect("log").push((Instant::now(), line));
+            }
+        });
+    }
+    (child, log)
+}
+
+/// Waits for `child` on a thread; the handle yields its exit status and the instant it ended.
+pub fn waiter(mut child: Child) -> std::thread::JoinHandle<(std::process::ExitStatus, Instant)> {
+    std::thread::spawn(move || {
+        let status = child.wait().expect("wait");
+        (status, Instant::now())
+    })
+}
+
+pub fn text(log: &Log) -> String {
+    let lines = log.lock().expect("log");
+    lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last epoch's eval AUC per target.
+pub fn final_auc(output: &Path) -> Vec<f64> {
+    let lines = std::fs::read_to_string(output.join("metrics.jsonl")).expect("metrics");
+    let last: serde_json::Value =
+        serde_json::from_str(lines.lines().last().expect("line")).expect("json");
+    last["eval"]["metrics"]["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| t["auc"].as_f64().expect("auc"))
+        .collect()
+}
