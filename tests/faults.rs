@@ -1,8 +1,9 @@
-//! Worker deaths as real processes (issue 6 point 1-2): a coordinator and 4 workers of the
-//! binary on 127.0.0.1 ephemeral ports; three workers SIGKILL themselves at seeded (step,
-//! phase) points (`FUNNEL_FAULT_KILL`), one after another, so the ring shrinks 4 -> 3 -> 2 -> 1.
-//! The job must complete on the survivor, `funnel audit` must prove every row of every epoch
-//! counted exactly once, and the final eval AUC must match the same job without faults.
+//! Worker deaths as real processes (issue 6 points 1-4): a coordinator and 4 workers of the
+//! binary on 127.0.0.1 ephemeral ports are killed 5 times at seeded (step, phase) points
+//! (`FUNNEL_FAULT_KILL`: the worker SIGKILLs itself there); each death starts a replacement
+//! process that joins the running job. The job must complete, `funnel audit` must prove every
+//! row of every epoch counted exactly once, and the final eval AUC must be within 0.005 of the
+//! same job without faults.
 //!
 //! A second test is the fault matrix: one job per phase of a step (and the epoch barrier), the
 //! victim rank 1 or rank 0 (who evaluates and checkpoints).
@@ -12,17 +13,55 @@
 
 mod support;
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use funnel_common::rng::SplitMix64;
 use support::funnel;
 use support::procs::{Log, final_auc, setup, spawn, text, waiter};
 
+/// A finished process: index (`usize::MAX` for the coordinator), status, when it ended.
+type Exit = (usize, std::process::ExitStatus, Instant);
+
+/// Starts worker process `index` of the job at `url`, dying at `kill` if set; its exit is
+/// sent on `exits`.
+fn start_worker(url: &str, kill: Option<&String>, index: usize, exits: &mpsc::Sender<Exit>) -> Log {
+    let env: Vec<(&str, String)> = kill
+        .map(|p| vec![("FUNNEL_FAULT_KILL", p.clone())])
+        .unwrap_or_default();
+    let (mut child, log) = spawn(
+        &[
+            "worker",
+            "--coordinator",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ],
+        &env,
+    );
+    let exits = exits.clone();
+    std::thread::spawn(move || {
+        let status = child.wait().expect("wait");
+        let _ = exits.send((index, status, Instant::now()));
+    });
+    log
+}
+
 /// Runs `spec` as a coordinator and `workers` worker processes; worker `w` of each
-/// `(w, point)` in `kills` dies at `point`. Checks that the job and every other worker succeed
-/// and each marked worker died by SIGKILL; returns, per kill, the time from the death to the
-/// next "rejoined the ring" of another worker.
-fn run_job(spec: &str, out: &str, workers: usize, kills: &[(usize, String)]) -> Vec<Duration> {
+/// `(w, point)` in `kills` dies at `point`. Each death starts a replacement worker, which
+/// joins the running job, while `replacements` lasts (each with its own kill point or none).
+/// Checks that the job and every worker not meant to die succeed and the others died by
+/// SIGKILL; returns, per death, the time to the next "rejoined the ring" of another worker,
+/// and the logs of every worker in start order.
+fn run_job(
+    spec: &str,
+    out: &str,
+    workers: usize,
+    kills: &[(usize, String)],
+    replacements: &[Option<String>],
+) -> (Vec<Duration>, Vec<Log>) {
     let (mut coordinator, clog) = spawn(
         &[
             "coordinator",
@@ -48,52 +87,58 @@ fn run_job(spec: &str, out: &str, workers: usize, kills: &[(usize, String)]) -> 
         }
         std::thread::yield_now();
     };
-    let kill_of = |w: usize| kills.iter().find(|(k, _)| *k == w).map(|(_, p)| p.clone());
-    let mut running = Vec::new();
-    for w in 0..workers {
-        let env: Vec<(&str, String)> = kill_of(w)
-            .map(|p| vec![("FUNNEL_FAULT_KILL", p)])
-            .unwrap_or_default();
-        let (child, log) = spawn(
-            &[
-                "worker",
-                "--coordinator",
-                &url,
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ],
-            &env,
-        );
-        running.push((waiter(child), log));
+    let (exits, ended) = mpsc::channel::<Exit>();
+    {
+        let exits = exits.clone();
+        std::thread::spawn(move || {
+            let status = coordinator.wait().expect("wait");
+            let _ = exits.send((usize::MAX, status, Instant::now()));
+        });
     }
-    let coordinator = waiter(coordinator);
-    let ends: Vec<(std::process::ExitStatus, Instant, Log)> = running
-        .into_iter()
-        .map(|(h, log)| {
-            let (status, at) = h.join().expect("waiter");
-            (status, at, log)
-        })
+    let mut points: Vec<Option<String>> = (0..workers)
+        .map(|w| kills.iter().find(|(k, _)| *k == w).map(|(_, p)| p.clone()))
         .collect();
-    let (cstatus, _) = coordinator.join().expect("waiter");
-    assert!(cstatus.success(), "coordinator failed:\n{}", text(&clog));
-    for (w, (status, _, log)) in ends.iter().enumerate() {
+    let mut logs: Vec<Log> = points
+        .iter()
+        .enumerate()
+        .map(|(i, k)| start_worker(&url, k.as_ref(), i, &exits))
+        .collect();
+    let mut spare = replacements.iter();
+    let mut deaths: Vec<(usize, Instant)> = Vec::new();
+    let mut finished = 0;
+    let mut coordinator_status = None;
+    while coordinator_status.is_none() || finished < logs.len() {
+        let (i, status, at) = ended.recv().expect("exits");
+        if i == usize::MAX {
+            coordinator_status = Some(status);
+            continue;
+        }
+        finished += 1;
         use std::os::unix::process::ExitStatusExt;
-        match kill_of(w) {
-            None => assert!(status.success(), "worker {w} failed:\n{}", text(log)),
-            Some(p) => assert_eq!(
-                status.signal(),
-                Some(9),
-                "worker {w} was to die by SIGKILL at {p}:\n{}",
-                text(log)
-            ),
+        match &points[i] {
+            None => assert!(status.success(), "worker {i} failed:\n{}", text(&logs[i])),
+            Some(p) => {
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "worker {i} was to die by SIGKILL at {p}:\n{}",
+                    text(&logs[i])
+                );
+                deaths.push((i, at));
+                if let Some(next) = spare.next() {
+                    let index = logs.len();
+                    logs.push(start_worker(&url, next.as_ref(), index, &exits));
+                    points.push(next.clone());
+                }
+            }
         }
     }
+    let cstatus = coordinator_status.expect("coordinator ended");
+    assert!(cstatus.success(), "coordinator failed:\n{}", text(&clog));
     // Recovery: from each death to the next "rejoined the ring" of a process still alive.
-    let mut rejoins: Vec<Instant> = ends
+    let mut rejoins: Vec<Instant> = logs
         .iter()
-        .flat_map(|(_, _, log)| {
+        .flat_map(|log| {
             let lines = log.lock().expect("log");
             lines
                 .iter()
@@ -103,21 +148,21 @@ fn run_job(spec: &str, out: &str, workers: usize, kills: &[(usize, String)]) -> 
         })
         .collect();
     rejoins.sort_unstable();
-    kills
+    let took = deaths
         .iter()
-        .map(|(w, p)| {
-            let died = ends[*w].1;
+        .map(|(w, died)| {
             let back = rejoins
                 .iter()
-                .find(|t| **t > died)
-                .unwrap_or_else(|| panic!("no rejoin after worker {w} died at {p}"));
-            *back - died
+                .find(|t| **t > *died)
+                .unwrap_or_else(|| panic!("no rejoin after worker {w} died"));
+            *back - *died
         })
-        .collect()
+        .collect();
+    (took, logs)
 }
 
 #[test]
-fn three_of_four_workers_killed_the_job_completes_and_every_row_counts_once() {
+fn four_workers_killed_five_times_with_replacements_complete_and_every_row_counts_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = setup(dir.path(), "200000", "2000", 4);
 
@@ -137,43 +182,52 @@ fn three_of_four_workers_killed_the_job_completes_and_every_row_counts_once() {
     .success();
     funnel(&["audit", &format!("file://{}", clean.display())]).success();
 
-    // Kill points: three distinct steps of the job's ~630 (2 epochs of ~313 global batches of
-    // 512 of the 160,000 training rows), each on another worker, each with a phase, from a
-    // fixed seed.
+    // Kill points: five steps of the job's ~630 (2 epochs of ~313 global batches of 512 of
+    // the 160,000 training rows), at least 60 apart, each with a phase, from a fixed seed.
+    // Workers 1-3 die at the first three; each death starts a replacement that joins the
+    // running job, and the first two replacements die at the last two points.
     let mut rng = SplitMix64::new(0xFA_17);
     let mut steps: Vec<u64> = Vec::new();
-    while steps.len() < 3 {
-        let s = 2 + rng.next_u64() % 600;
-        if steps.iter().all(|&t| t.abs_diff(s) > 20) {
+    while steps.len() < 5 {
+        let s = 10 + rng.next_u64() % 590;
+        if steps.iter().all(|&t| t.abs_diff(s) >= 60) {
             steps.push(s);
         }
     }
     steps.sort_unstable();
     let phases = ["read", "compute", "allreduce", "vote", "commit"];
-    let kills: Vec<String> = steps
+    let points: Vec<String> = steps
         .iter()
         .map(|s| format!("{s}:{}", phases[(rng.next_u64() % 5) as usize]))
         .collect();
-    eprintln!("kill points (worker 1..3): {kills:?}");
-
+    eprintln!("kill points: {points:?}");
     let faulty = dir.path().join("faulty");
     let out = format!("file://{}", faulty.display());
-    let kills: Vec<(usize, String)> = kills
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| (i + 1, k))
-        .collect();
-    let recovered = run_job(&spec, &out, 4, &kills);
-    for ((w, k), took) in kills.iter().zip(&recovered) {
-        eprintln!("worker {w} killed at {k}: survivors rejoined after {took:?}");
+    let kills: Vec<(usize, String)> = (1..=3).map(|w| (w, points[w - 1].clone())).collect();
+    let replacements = [
+        Some(points[3].clone()),
+        Some(points[4].clone()),
+        None,
+        None,
+        None,
+    ];
+    let (recovered, logs) = run_job(&spec, &out, 4, &kills, &replacements);
+    assert_eq!(recovered.len(), 5, "five deaths");
+    for (k, took) in points.iter().zip(&recovered) {
+        eprintln!("killed at {k}: survivors rejoined after {took:?}");
     }
+    let joined = logs
+        .iter()
+        .filter(|l| text(l).contains("joined the running job with the ring's state"))
+        .count();
+    assert_eq!(joined, 5, "every replacement joined with the ring's state");
 
     let audit = funnel(&["audit", &out]).success();
     assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
     assert!(!audit.stdout.contains("FAILED"), "{}", audit.stdout);
 
     let (a, b) = (final_auc(&clean), final_auc(&faulty));
-    eprintln!("final eval AUC without faults {a:?}; with 3 workers killed {b:?}");
+    eprintln!("final eval AUC without faults {a:?}; killed 5 times {b:?}");
     for (x, y) in a.iter().zip(&b) {
         assert!(
             (x - y).abs() <= 0.005,
@@ -201,7 +255,7 @@ fn a_kill_in_every_phase_of_a_step_and_at_the_barrier_is_survived() {
     ];
     for (i, (victim, point)) in cases.into_iter().enumerate() {
         let out = format!("file://{}/out{i}", dir.path().display());
-        let took = run_job(&spec, &out, 3, &[(victim, point.to_string())]);
+        let (took, _) = run_job(&spec, &out, 3, &[(victim, point.to_string())], &[]);
         let audit = funnel(&["audit", &out]).success();
         assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
         table.push(format!(
@@ -329,4 +383,28 @@ fn the_coordinator_killed_twice_restarts_and_the_job_completes() {
             "AUC {y:.4} with restarts vs {x:.4} without"
         );
     }
+}
+
+/// Joining (issue 6 point 4): a worker killed mid-epoch is replaced by a new process, which
+/// joins the running job at a step boundary with the ring's state (parameters, optimizer
+/// state, the epoch's sums) from a peer, and trains to the end with the others.
+#[test]
+fn a_worker_joins_mid_epoch_and_the_job_completes_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = setup(dir.path(), "30000", "1000", 3);
+    let out = format!("file://{}/out", dir.path().display());
+    let (_, logs) = run_job(&spec, &out, 3, &[(1, "20:compute".to_string())], &[None]);
+    assert_eq!(logs.len(), 4);
+    let joiner = text(&logs[3]);
+    assert!(
+        joiner.contains("joined the running job with the ring's state"),
+        "{joiner}"
+    );
+    let donor = logs[..3]
+        .iter()
+        .filter(|l| text(l).contains("state published for the joining worker"))
+        .count();
+    assert_eq!(donor, 1, "one donor");
+    let audit = funnel(&["audit", &out]).success();
+    assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
 }

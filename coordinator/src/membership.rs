@@ -19,8 +19,11 @@ pub struct Member {
     pub peer_addr: String,
     /// Its place in the ring of the current generation.
     pub rank: usize,
-    /// Its rank in the first generation: names its lease queue for the whole job.
+    /// Its rank in the first generation: names its lease queue for the whole job (a worker
+    /// that joined later has a slot past the first ring's, and no queue of its own).
     pub slot: usize,
+    /// The generation it joined the running job in (0: it formed the first ring).
+    pub joined_in: u64,
     /// Clock of its last heartbeat (or registration).
     pub last_seen_ms: u64,
 }
@@ -62,6 +65,8 @@ pub struct Membership {
     base: u64,
     /// Workers removed (dead or cut off), with the reason.
     fenced: Vec<(String, String)>,
+    /// Workers admitted into the running job so far (their slots follow the first ring's).
+    joined: usize,
 }
 
 impl Membership {
@@ -75,6 +80,7 @@ impl Membership {
             generation: 0,
             base: 0,
             fenced: Vec::new(),
+            joined: 0,
         }
     }
 
@@ -121,6 +127,7 @@ impl Membership {
             peer_addr: peer_addr.to_string(),
             rank,
             slot: rank,
+            joined_in: 0,
             last_seen_ms: now_ms,
         };
         self.members.push(member.clone());
@@ -164,6 +171,56 @@ impl Membership {
             }
             None => false,
         }
+    }
+
+    /// Admits a worker into the running job (a replacement for a lost one): it takes the next
+    /// slot and the last rank of a new generation, and must fetch the ring's state from a
+    /// member that is not joining. Refused while the ring has its configured workers.
+    pub fn join(
+        &mut self,
+        name: &str,
+        peer_addr: &str,
+        config_hash: u64,
+        layout_hash: u64,
+        now_ms: u64,
+    ) -> Result<Member, JoinRefusal> {
+        if config_hash != self.config_hash {
+            return Err(JoinRefusal::Config {
+                got: config_hash,
+                expected: self.config_hash,
+            });
+        }
+        if let Some(expected) = self.layout_hash
+            && expected != layout_hash
+        {
+            return Err(JoinRefusal::Layout {
+                got: layout_hash,
+                expected,
+            });
+        }
+        if self.members.len() >= self.expected || self.members.is_empty() {
+            return Err(JoinRefusal::Full(self.expected));
+        }
+        let slot = self.expected + self.joined;
+        self.joined += 1;
+        self.generation += 1;
+        let member = Member {
+            id: format!("w{slot}"),
+            name: name.to_string(),
+            peer_addr: peer_addr.to_string(),
+            rank: self.members.len(),
+            slot,
+            joined_in: self.generation,
+            last_seen_ms: now_ms,
+        };
+        self.members.push(member.clone());
+        Ok(member)
+    }
+
+    /// The member a worker joining in this generation takes the state from: the lowest-ranked
+    /// member that did not join in it.
+    pub fn donor(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.joined_in != self.generation)
     }
 
     /// Removes `ids` (dead or cut off) and forms the next generation from the others, ranked
@@ -289,5 +346,19 @@ mod tests {
         assert!(m.remove(&["w9".to_string()], "?").is_empty());
         assert_eq!(m.generation(), 2, "removing nobody changes nothing");
         assert_eq!(m.register("d", "q", 1, 1, 9), Err(JoinRefusal::Full(3)));
+        assert_eq!(m.join("d", "q", 1, 1, 9).map(|_| ()), Ok(()));
+        let ids: Vec<(&str, usize, usize, u64)> = m
+            .members()
+            .iter()
+            .map(|x| (x.id.as_str(), x.rank, x.slot, x.joined_in))
+            .collect();
+        assert_eq!(ids, [("w0", 0, 0, 0), ("w2", 1, 2, 0), ("w3", 2, 3, 3)]);
+        assert_eq!(m.generation(), 3);
+        assert_eq!(m.donor().map(|d| d.id.as_str()), Some("w0"));
+        assert_eq!(m.join("e", "r", 1, 1, 9), Err(JoinRefusal::Full(3)));
+        assert!(matches!(
+            m.join("e", "r", 2, 1, 9),
+            Err(JoinRefusal::Config { .. })
+        ));
     }
 }

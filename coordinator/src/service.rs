@@ -88,6 +88,62 @@ impl CoordinatorService {
             .collect()
     }
 
+    /// Admits a worker into the running job at the next step boundary once the ring has a
+    /// free place (a member was lost) and no epoch is ending: a new generation with it as the
+    /// last rank. The ring's in-flight step is dropped
+    /// and redone with it; it takes the ring's state from the donor.
+    async fn join_running(
+        &self,
+        r: pb::RegisterRequest,
+        limit: Duration,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let shared = self.shared.clone();
+        let what = format!("{}: waiting to join at a step boundary", r.worker_name);
+        let joined = self
+            .shared
+            .wait_for(limit, &what, |st| {
+                // A spare worker waits for a place (a member lost), as torchrun's spare nodes
+                // do; nobody joins while an epoch ends.
+                let full = st.membership.members().len() >= st.membership.expected();
+                if full || st.at_barrier || !st.epochs.voters().is_empty() {
+                    return None;
+                }
+                let now = shared.now_ms();
+                let m = match st.membership.join(
+                    &r.worker_name,
+                    &r.peer_addr,
+                    r.config_hash,
+                    r.layout_hash,
+                    now,
+                ) {
+                    Ok(m) => m,
+                    Err(e) => return Some(Err(CoordinatorError::from(e))),
+                };
+                let members = st.membership.members().len();
+                let aborted = st.steps.abort_open(members);
+                st.epochs.abort_open(members);
+                let generation = st.membership.generation();
+                let donor = st.membership.donor().map_or(0, |d| d.rank);
+                warn!(worker = %m.id, name = %m.name, rank = m.rank, generation, donor, aborted_step = ?aborted, "worker joined the running job");
+                Some(Ok((m, generation, donor, wire::ring(st.membership.members(), generation))))
+            })
+            .await?
+            .inspect_err(|e| warn!(worker = %r.worker_name, error = %e, "join refused"))?;
+        self.shared.changed();
+        let (me, generation, donor, ring) = joined;
+        let c = self.cluster();
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: me.id,
+            generation,
+            rank: me.rank as u32,
+            ring,
+            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            lease_timeout_ms: c.heartbeat_timeout_ms,
+            joined_mid_job: true,
+            donor_rank: donor as u32,
+        }))
+    }
+
     /// Keeps the coordinates of committed `step`'s rows for the epoch's audit file.
     fn record_audit(&self, st: &mut State, step: u64, rows: &[LeaseRows]) {
         for l in rows {
@@ -170,9 +226,18 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
         let now = self.shared.now_ms();
+        let limit = Duration::from_millis(self.cluster().join_timeout_ms);
+        let c = self.cluster();
+        let running = {
+            let st = self.shared.lock();
+            failed(&st)?;
+            st.membership.generation() > 0
+        };
+        if running {
+            return self.join_running(r, limit).await;
+        }
         let me = {
             let mut st = self.shared.lock();
-            failed(&st)?;
             let m = st
                 .membership
                 .register(
@@ -190,30 +255,35 @@ impl Coordinator for CoordinatorService {
             m
         };
         self.shared.changed();
-        let limit = Duration::from_millis(self.cluster().join_timeout_ms);
         let shared = self.shared.clone();
         let ring = self
             .shared
             .wait_for(limit, "waiting for every worker to register", |st| {
-                (st.membership.generation() > 0).then(|| {
-                    // Heartbeats count from the moment the ring exists.
-                    let now = shared.now_ms();
-                    st.membership.heartbeat(&me.id, now);
+                if st.membership.generation() == 0 {
+                    return None;
+                }
+                // Heartbeats count from the moment the ring exists.
+                let now = shared.now_ms();
+                st.membership.heartbeat(&me.id, now);
+                let generation = st.membership.generation();
+                Some(live_member(st, &me.id).map(|m| {
                     (
-                        st.membership.generation(),
-                        wire::ring(st.membership.members()),
+                        m.rank,
+                        generation,
+                        wire::ring(st.membership.members(), generation),
                     )
-                })
+                }))
             })
-            .await?;
-        let c = self.cluster();
+            .await??;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: me.id,
-            generation: ring.0,
-            rank: me.rank as u32,
-            ring: ring.1,
+            generation: ring.1,
+            rank: ring.0 as u32,
+            ring: ring.2,
             heartbeat_interval_ms: c.heartbeat_interval_ms,
             lease_timeout_ms: c.heartbeat_timeout_ms,
+            joined_mid_job: false,
+            donor_rank: 0,
         }))
     }
 
@@ -228,7 +298,7 @@ impl Coordinator for CoordinatorService {
         st.membership.heartbeat(&r.worker_id, now);
         Ok(Response::new(pb::HeartbeatResponse {
             generation: st.membership.generation(),
-            ring: wire::ring(st.membership.members()),
+            ring: wire::ring(st.membership.members(), st.membership.generation()),
             shutdown: st.failed.is_some() || st.done,
         }))
     }
@@ -260,9 +330,11 @@ impl Coordinator for CoordinatorService {
                         worker_id: me.id.clone(),
                         generation,
                         rank: me.rank as u32,
-                        ring: wire::ring(st.membership.members()),
+                        ring: wire::ring(st.membership.members(), generation),
                         heartbeat_interval_ms: c.heartbeat_interval_ms,
                         lease_timeout_ms: c.heartbeat_timeout_ms,
+                        joined_mid_job: false,
+                        donor_rank: st.membership.donor().map_or(0, |d| d.rank as u32),
                     })
                 })
             })
@@ -380,6 +452,9 @@ impl Coordinator for CoordinatorService {
                         refusal,
                     })?;
             if let VoteOutcome::Completed(all) = outcome {
+                if r.epoch_end {
+                    st.at_barrier = true;
+                }
                 let all: Vec<LeaseRows> = all.into_iter().flatten().collect();
                 if let Err(problem) = st.ledger.commit(step, &all) {
                     // Two workers reported the same row: exactly-once cannot hold.
@@ -512,6 +587,7 @@ impl Coordinator for CoordinatorService {
                     info!(epoch, weights = ?next, "task weights for the next epoch");
                 }
                 st.epoch = epoch + 1;
+                st.at_barrier = false;
                 if st.epoch as usize >= self.shared.ctx.job.spec.train.epochs {
                     st.done = true;
                 }

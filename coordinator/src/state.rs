@@ -54,6 +54,9 @@ pub struct State {
     pub audit: BTreeMap<u32, Vec<AuditRow>>,
     /// Workers lost so far (for status and logs).
     pub failures: Vec<String>,
+    /// Between an epoch's last step (its epoch-ending vote) and its barrier: no worker is
+    /// admitted then, since the ring is past its steps.
+    pub at_barrier: bool,
     /// Task weights and the weighting strategy's state.
     pub weighting: WeightingState,
     /// The epoch in progress (epochs completed).
@@ -113,6 +116,7 @@ impl Shared {
             dead_slots: BTreeSet::new(),
             audit: BTreeMap::new(),
             failures: Vec::new(),
+            at_barrier: false,
             weighting,
             epoch,
             checkpoint: None,

@@ -24,14 +24,15 @@ pub fn dataset(m: &DatasetManifest) -> pb::Dataset {
     }
 }
 
-/// The ring as the workers see it.
-pub fn ring(members: &[Member]) -> Vec<pb::RingMember> {
+/// The ring of `generation` as the workers see it.
+pub fn ring(members: &[Member], generation: u64) -> Vec<pb::RingMember> {
     members
         .iter()
         .map(|m| pb::RingMember {
             rank: m.rank as u32,
             worker_id: m.id.clone(),
             peer_addr: m.peer_addr.clone(),
+            joining: m.joined_in == generation,
         })
         .collect()
 }

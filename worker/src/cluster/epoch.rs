@@ -19,6 +19,7 @@ use tracing::{info, info_span, warn};
 
 use super::coordinator::{Client, refused};
 use super::generation::{Interrupt, RingSession};
+use super::snapshot::EpochSums;
 use super::step::train_epoch;
 use crate::WorkerError;
 use crate::evaluate::evaluate;
@@ -55,6 +56,7 @@ pub fn train_epochs(
     mut trainer: Trainer,
     mut state: TrainerState,
     mut ctx: ClusterContext,
+    mut joined_with: Option<EpochSums>,
     runtime: &Handle,
 ) -> Result<RunSummary, WorkerError> {
     let job = trainer.job().clone();
@@ -64,7 +66,13 @@ pub fn train_epochs(
     while state.epochs_done < epochs {
         let epoch = state.epochs_done;
         let _span = info_span!("epoch", epoch).entered();
-        let trained = train_epoch(&mut trainer, &mut state, &mut ctx, runtime)?;
+        let trained = train_epoch(
+            &mut trainer,
+            &mut state,
+            &mut ctx,
+            joined_with.take(),
+            runtime,
+        )?;
         state.epochs_done += 1;
         // The next epoch's weights by the job's rule, from numbers every rank shares; the
         // coordinator computes the same and its answer is checked against this below.

@@ -57,6 +57,8 @@ pub struct RingSession {
     pub members: Vec<pb::RingMember>,
     /// The newest generation this worker knows of (heartbeats publish too).
     pub news: Arc<watch::Sender<u64>>,
+    /// Set when a worker joined in this generation and this rank is its donor.
+    donate: bool,
     links: Option<GenerationLinks>,
 }
 
@@ -76,6 +78,7 @@ impl RingSession {
             config,
             members: Vec::new(),
             news: Arc::new(watch::channel(0).0),
+            donate: false,
             links: None,
         };
         s.apply(reg)?;
@@ -97,6 +100,14 @@ impl RingSession {
         self.config.size = size;
         self.members = reg.ring;
         self.members.sort_by_key(|m| m.rank);
+        // The donor is the lowest-ranked member that did not join in this generation.
+        let joining = self.members.iter().any(|m| m.joining);
+        let donor = self
+            .members
+            .iter()
+            .find(|m| !m.joining)
+            .map(|m| m.rank as usize);
+        self.donate = joining && donor == Some(rank);
         self.news.send_if_modified(|g| {
             let newer = reg.generation > *g;
             if newer {
@@ -107,7 +118,13 @@ impl RingSession {
         Ok(())
     }
 
-    fn peer(&self, rank: usize) -> Result<PeerId, RingError> {
+    /// Whether this rank must publish the ring's state for a worker joining in this generation.
+    pub fn must_donate(&self) -> bool {
+        self.donate
+    }
+
+    /// The member of `rank`, as a peer.
+    pub fn peer(&self, rank: usize) -> Result<PeerId, RingError> {
         let m = self
             .members
             .get(rank)

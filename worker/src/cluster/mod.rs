@@ -7,6 +7,7 @@
 //! - [`pack`]: the step's flat all-reduce buffer.
 //! - [`faults`]: deterministic self-kills at a step and phase, for end-to-end fault tests.
 //! - [`generation`]: the ring of the current generation: lazy links, interruptions, rejoining.
+//! - [`snapshot`]: the ring's state handed to a worker that joins a running job.
 //! - [`step`]: the step loop (compute, all-reduce, sparse exchange, vote, apply; redo after an
 //!   interruption).
 //! - [`epoch`]: the epochs and their ends (rank 0 evaluates and checkpoints; everyone meets at
@@ -18,6 +19,7 @@ pub mod faults;
 pub mod generation;
 pub mod leases;
 pub mod pack;
+pub mod snapshot;
 pub mod step;
 
 use std::net::SocketAddr;
@@ -97,7 +99,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
     crate::threads::init_compute_threads(threads);
 
     // Every worker starts from the same state: the output's latest checkpoint, or the seed.
-    let (trainer, state) = start_state(&job, &served.output, runtime)?;
+    let (mut trainer, mut state) = start_state(&job, &served.output, runtime)?;
     if state.epochs_done >= job.spec.train.epochs as u64 {
         // The job completed before a coordinator restart: nothing left to train.
         info!(
@@ -135,6 +137,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         .into_inner();
     info!(worker = %reg.worker_id, rank = reg.rank, ranks = reg.ring.len(), generation = reg.generation, peer = %peer_addr, "joined the ring");
     let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(10));
+    let (joined_mid_job, donor_rank) = (reg.joined_mid_job, reg.donor_rank as usize);
     let ring = RingSession::new(
         node,
         opts.token.clone(),
@@ -152,6 +155,21 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         ring.news.clone(),
         heartbeat_every,
     ));
+    // A worker admitted into a running job starts from the ring's state, not a checkpoint.
+    let joined_with = if joined_mid_job {
+        let donor = ring.peer(donor_rank)?;
+        let bytes = runtime.block_on(crate::transport::client::fetch_state(
+            &donor,
+            &opts.token,
+            ring.generation,
+        ))?;
+        let (t, s, sums) = snapshot::decode(job.clone(), bytes, &donor.to_string())?;
+        warn!(donor = %donor, step = s.step, epoch = s.epochs_done, generation = ring.generation, "joined the running job with the ring's state");
+        (trainer, state) = (t, s);
+        Some(sums)
+    } else {
+        None
+    };
 
     let data = &job.spec.data;
     let plan = Arc::new(DecodePlan::new(&job));
@@ -174,7 +192,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         progress: opts.progress,
         progress_lines: opts.progress_lines,
     };
-    let result = epoch::train_epochs(trainer, state, ctx, runtime);
+    let result = epoch::train_epochs(trainer, state, ctx, joined_with, runtime);
     heartbeat.abort();
     result
 }

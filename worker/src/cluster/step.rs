@@ -21,6 +21,7 @@ use super::faults::{self, Phase};
 use super::generation::Interrupt;
 use super::leases::{LeaseItem, LeaseReader, rank_batch_size, rows_by_lease};
 use super::pack::{ReducedStep, pack, scale_sparse, unpack};
+use super::snapshot::{self, EpochSums};
 use crate::WorkerError;
 use crate::local::{EpochTraining, finish_epoch, progress_bar};
 use crate::ring::{StepTag, all_reduce, sparse_exchange};
@@ -36,6 +37,7 @@ pub(crate) fn train_epoch(
     trainer: &mut Trainer,
     state: &mut TrainerState,
     ctx: &mut ClusterContext,
+    joined_with: Option<EpochSums>,
     runtime: &Handle,
 ) -> Result<EpochTraining, WorkerError> {
     let job = trainer.job().clone();
@@ -75,6 +77,10 @@ pub(crate) fn train_epoch(
         grad_norm_sums: vec![0.0; tasks],
         ..Default::default()
     };
+    if let Some(sums) = joined_with {
+        // Joined mid-epoch: the epoch so far, as the ring trained it.
+        sums.apply(&mut out);
+    }
     let started = Instant::now();
     let mut last_line = started;
     // The generation of the reader's last "no lease for you": it asks again in a newer one.
@@ -211,6 +217,17 @@ pub(crate) fn train_epoch(
                 // Nothing was applied anywhere: rejoin, then redo this step with this batch.
                 carry = input;
                 runtime.block_on(ctx.ring.rejoin(&mut ctx.client, &cause))?;
+                if ctx.ring.must_donate() {
+                    // A worker joined: it starts from this rank's state (the ring's, since no
+                    // rank applied the interrupted step) and this epoch's sums so far.
+                    let snapshot = snapshot::encode(trainer, state, &out)?;
+                    tracing::warn!(
+                        generation = ctx.ring.generation,
+                        bytes = snapshot.len(),
+                        "state published for the joining worker"
+                    );
+                    ctx.ring.node.publish_state(ctx.ring.generation, snapshot);
+                }
                 continue;
             }
         };

@@ -123,3 +123,26 @@ impl<M: Wire> Drop for GrpcSender<M> {
         }
     }
 }
+
+/// The ring's state that `donor` published for workers joining in `generation`.
+pub async fn fetch_state(
+    donor: &PeerId,
+    token: &JobToken,
+    generation: u64,
+) -> Result<bytes::Bytes, RingError> {
+    let mut client = connect(donor, token).await?;
+    let mut stream = client
+        .fetch_state(pb::FetchStateRequest { generation })
+        .await
+        .map_err(|s| RingError::link(donor, format!("FetchState: {}", s.message())))?
+        .into_inner();
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| RingError::link(donor, format!("FetchState: {}", s.message())))?
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out.freeze())
+}

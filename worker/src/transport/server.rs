@@ -54,11 +54,22 @@ type Opened = Arc<tokio::sync::watch::Sender<u64>>;
 /// new ring learn of it at nearly the same moment, but a neighbour may connect first.
 const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The ring's state a donor published for joiners of one generation.
+type Published = Arc<tokio::sync::watch::Sender<Option<(u64, bytes::Bytes)>>>;
+
+/// How long a joiner's `FetchState` waits for the donor to publish (the donor does so when
+/// it enters the generation, after its in-flight step is interrupted).
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Bytes per `StateChunk`.
+const STATE_CHUNK: usize = 4 << 20;
+
 /// A rank's running `Peer` server. Dropping it stops the server.
 pub struct PeerNode {
     addr: SocketAddr,
     inbox: Shared,
     opened: Opened,
+    state: Published,
     _stop: oneshot::Sender<()>,
 }
 
@@ -70,9 +81,11 @@ impl PeerNode {
         let addr = listener.local_addr()?;
         let inbox = Shared::default();
         let opened: Opened = Arc::new(tokio::sync::watch::channel(0).0);
+        let state: Published = Arc::new(tokio::sync::watch::channel(None).0);
         let service = PeerServer::new(PeerService {
             inbox: inbox.clone(),
             opened: opened.clone(),
+            state: state.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let service = tonic_interceptor(service, token);
@@ -96,8 +109,14 @@ impl PeerNode {
             addr,
             inbox,
             opened,
+            state,
             _stop: stop,
         })
+    }
+
+    /// Serves `snapshot` to workers that joined in `generation` (replacing any earlier one).
+    pub fn publish_state(&self, generation: u64, snapshot: bytes::Bytes) {
+        self.state.send_replace(Some((generation, snapshot)));
     }
 
     /// The address the server listens on.
@@ -171,12 +190,59 @@ impl<M: Send> RingRecv<M> for GrpcReceiver<M> {
 struct PeerService {
     inbox: Shared,
     opened: Opened,
+    state: Published,
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
     type AllReduceStream = ReceiverStream<Result<pb::AllReduceAck, Status>>;
     type SparseExchangeStream = ReceiverStream<Result<pb::SparseAck, Status>>;
+    type FetchStateStream = ReceiverStream<Result<pb::StateChunk, Status>>;
+
+    async fn fetch_state(
+        &self,
+        request: Request<pb::FetchStateRequest>,
+    ) -> Result<Response<Self::FetchStateStream>, Status> {
+        let generation = request.into_inner().generation;
+        let mut rx = self.state.subscribe();
+        let waited = tokio::time::timeout(
+            STATE_WAIT,
+            rx.wait_for(|s| s.as_ref().is_some_and(|(g, _)| *g >= generation)),
+        )
+        .await;
+        let snapshot = match waited {
+            Ok(Ok(s)) => match s.as_ref() {
+                Some((g, b)) if *g == generation => b.clone(),
+                Some((g, _)) => {
+                    return Err(Status::failed_precondition(format!(
+                        "the ring is in generation {g} now, not {generation}: join again"
+                    )));
+                }
+                None => return Err(Status::internal("no state")),
+            },
+            Ok(Err(_)) => return Err(Status::unavailable("peer shutting down")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no state published for generation {generation} in {STATE_WAIT:?}"
+                )));
+            }
+        };
+        let (tx, out) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut at = 0;
+            while at < snapshot.len() {
+                let end = (at + STATE_CHUNK).min(snapshot.len());
+                let chunk = pb::StateChunk {
+                    data: snapshot.slice(at..end),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                at = end;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
 
     async fn all_reduce(
         &self,
