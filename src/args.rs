@@ -121,6 +121,8 @@ pub struct CoordinatorArgs {
     /// File holding the job token (else the FUNNEL_JOB_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `funnel worker`.
@@ -152,6 +154,8 @@ pub struct WorkerArgs {
     /// the local cluster launcher draws them as one progress bar).
     #[arg(long, hide = true)]
     pub progress_lines: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `funnel predict`.
@@ -253,4 +257,40 @@ pub struct DemoArgs {
     /// 127.0.0.1, gradients by ring all-reduce over gRPC).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+}
+
+/// TLS for every gRPC connection (docs/cluster.md#security). Without these flags connections
+/// are plaintext; with them, plaintext is refused.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain of this process's gRPC server (coordinator, or the worker's peer
+    /// server); under mutual TLS also the identity a worker presents when it dials.
+    #[arg(long, env = "FUNNEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FUNNEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signed the servers' certificates (workers verify the coordinator
+    /// and their peers against it).
+    #[arg(long, env = "FUNNEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM CA of client certificates: servers then require one (mutual TLS).
+    #[arg(long, env = "FUNNEL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Name the servers' certificates must carry (default `localhost`).
+    #[arg(long, env = "FUNNEL_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    /// The files as `funnel_proto::tls` loads them.
+    pub fn files(&self) -> funnel_proto::tls::TlsFiles {
+        funnel_proto::tls::TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            domain: self.tls_domain.clone(),
+        }
+    }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use funnel_common::spec::Job;
 use funnel_common::store::StoreUrl;
 use funnel_proto::auth::JobToken;
+use funnel_proto::tls::Security;
 use funnel_worker::cluster::WorkerOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::Stdio;
@@ -22,6 +23,7 @@ const LISTENING: &str = "coordinator listening on ";
 
 pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     let token = JobToken::load(a.token_file.as_deref(), TOKEN_ENV).map_err(anyhow::Error::msg)?;
+    let security = security(token, &a.tls)?;
     let mut job = Job::load(&a.config)?;
     if let Some(w) = a.workers {
         job.spec.cluster.workers = w;
@@ -41,7 +43,7 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     let listener = funnel_coordinator::bind(a.listen).await?;
     let addr = listener.local_addr()?;
     println!("{LISTENING}{addr}");
-    let outcome = funnel_coordinator::serve(ctx, weighting, listener, &token).await?;
+    let outcome = funnel_coordinator::serve(ctx, weighting, listener, &security).await?;
     println!(
         "job done: {} epochs, {} steps; last checkpoint {}",
         outcome.epochs,
@@ -55,7 +57,7 @@ pub async fn run_worker(a: WorkerArgs) -> Result<()> {
     let token = JobToken::load(a.token_file.as_deref(), TOKEN_ENV).map_err(anyhow::Error::msg)?;
     let opts = WorkerOptions {
         coordinator: a.coordinator,
-        token,
+        security: security(token, &a.tls)?,
         listen: a.listen,
         advertise: a.advertise,
         threads: a.threads,
@@ -77,6 +79,12 @@ pub async fn run_worker(a: WorkerArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The token and the TLS material of the flags.
+fn security(token: JobToken, tls: &crate::args::TlsArgs) -> Result<Security> {
+    let tls = tls.files().load().map_err(anyhow::Error::msg)?;
+    Ok(Security { token, tls })
 }
 
 /// A fresh random job token for a local cluster.

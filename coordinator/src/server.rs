@@ -10,7 +10,7 @@ use funnel_common::columns::DecodePlan;
 use funnel_common::manifest::DatasetManifest;
 use funnel_common::spec::{Job, JobSpec};
 use funnel_common::weighting::WeightingState;
-use funnel_proto::auth::JobToken;
+use funnel_proto::tls::Security;
 use funnel_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -138,8 +138,9 @@ pub async fn serve(
     ctx: JobContext,
     weighting: WeightingState,
     listener: TcpListener,
-    token: &JobToken,
+    security: &Security,
 ) -> Result<JobOutcome, CoordinatorError> {
+    let token = &security.token;
     let span = info_span!("coordinator", job = %ctx.job.spec.name);
     let _span = span.enter();
     let cluster = ctx.job.spec.cluster.clone();
@@ -242,7 +243,13 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder
+            .tls_config(tls.server().map_err(CoordinatorError::Server)?)
+            .map_err(|e| CoordinatorError::Server(format!("TLS: {e}")))?;
+    }
+    let served = builder
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), finished)
         .await;

@@ -61,7 +61,13 @@ async fn start(heartbeat_timeout_ms: u64) -> Running {
             funnel_common::spec::Weighting::Fixed,
             &[1.0; 4],
         );
-        funnel_coordinator::serve(ctx, weighting, listener, &serve_token).await
+        funnel_coordinator::serve(
+            ctx,
+            weighting,
+            listener,
+            &funnel_proto::tls::Security::plain(serve_token),
+        )
+        .await
     });
     Running {
         url,

@@ -9,8 +9,11 @@
 //! - [`v1`]: messages, `Coordinator` and `Peer` clients and servers.
 //! - [`auth`]: the job token every RPC of every service carries (the interceptors both sides
 //!   attach), kept beside the protocol so the coordinator and the workers share one check.
+//! - [`tls`]: TLS and mutual TLS from PEM files for every connection, with the token as
+//!   [`tls::Security`].
 
 pub mod auth;
+pub mod tls;
 
 /// The protocol package version that every service carries.
 pub const PROTOCOL_PACKAGE: &str = "funnel.v1";

@@ -244,7 +244,7 @@ fn funnel_rank(
         .worker_threads(threads)
         .enable_all()
         .build()?;
-    let token = JobToken::new("ring-bandwidth-bench")?;
+    let token = funnel_worker::transport::Security::plain(JobToken::new("ring-bandwidth-bench")?);
     let node = rt.block_on(PeerNode::start("127.0.0.1:0".parse()?, &token))?;
     println!("addr {}", node.addr());
     let addrs: Vec<String> = p.next("addrs")?.split(' ').map(String::from).collect();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use funnel_common::manifest::{DatasetManifest, ObjectEntry};
 use funnel_common::spec::Job;
-use funnel_proto::auth::{AttachToken, JobToken};
+use funnel_proto::auth::AttachToken;
+use funnel_proto::tls::Security;
 use funnel_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
 use tonic::service::interceptor::InterceptedService;
@@ -20,13 +21,21 @@ pub type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 /// Connects to `url` (`http://host:port`), retrying for up to `patience` while it starts.
 pub async fn connect(
     url: &str,
-    token: &JobToken,
+    security: &Security,
     patience: Duration,
 ) -> Result<Client, WorkerError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    security.check_url(url).map_err(WorkerError::Coordinator)?;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| WorkerError::Coordinator(format!("bad coordinator URL {url:?}: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = &security.tls {
+        let config = tls.client().map_err(WorkerError::Coordinator)?;
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| WorkerError::Coordinator(format!("TLS to {url}: {e}")))?;
+    }
+    let token = &security.token;
     let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(50);
     let channel = loop {

@@ -18,7 +18,7 @@ use tracing::warn;
 use super::coordinator::{Client, refused};
 use crate::WorkerError;
 use crate::ring::{PeerId, RingConfig, RingError};
-use crate::transport::{GenerationLinks, JobToken, PeerNode};
+use crate::transport::{GenerationLinks, PeerNode, Security};
 
 /// Why an exchange or a vote did not complete.
 #[derive(Debug)]
@@ -45,8 +45,8 @@ impl fmt::Display for Interrupt {
 pub struct RingSession {
     /// This worker's `Peer` server.
     pub node: PeerNode,
-    /// The job token (peer links carry it).
-    pub token: JobToken,
+    /// The job token and TLS (peer links carry them).
+    pub security: Security,
     /// This worker's id.
     pub worker_id: String,
     /// The generation.
@@ -66,13 +66,13 @@ impl RingSession {
     /// The session of a registration answer.
     pub fn new(
         node: PeerNode,
-        token: JobToken,
+        security: Security,
         reg: pb::RegisterResponse,
         config: RingConfig,
     ) -> Result<Self, WorkerError> {
         let mut s = Self {
             node,
-            token,
+            security,
             worker_id: reg.worker_id.clone(),
             generation: 0,
             config,
@@ -144,7 +144,7 @@ impl RingSession {
             let left = self.peer(c.left())?;
             let right = self.peer((c.rank + 1) % c.size)?;
             let links =
-                GenerationLinks::open(&self.node, me, left, right, self.generation, &self.token)
+                GenerationLinks::open(&self.node, me, left, right, self.generation, &self.security)
                     .await?;
             self.links = Some(links);
         }

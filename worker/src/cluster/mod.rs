@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use funnel_common::columns::DecodePlan;
 use funnel_common::reader::ShardReader;
-use funnel_proto::auth::JobToken;
+use funnel_proto::tls::Security;
 use funnel_proto::v1 as pb;
 use tokio::runtime::Handle;
 use tracing::{info, info_span, warn};
@@ -45,8 +45,8 @@ use tokio::sync::watch;
 pub struct WorkerOptions {
     /// The coordinator's URL (`http://host:port`).
     pub coordinator: String,
-    /// The job token.
-    pub token: JobToken,
+    /// The job token, and TLS when configured.
+    pub security: Security,
     /// Where the `Peer` server listens (`127.0.0.1:0` = an ephemeral port on loopback).
     pub listen: SocketAddr,
     /// The address peers reach it at, when not the bound one (behind NAT, in a pod).
@@ -84,7 +84,7 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
 fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
     let mut client = runtime.block_on(coordinator::connect(
         &opts.coordinator,
-        &opts.token,
+        &opts.security,
         Duration::from_secs(60),
     ))?;
     let served = runtime.block_on(coordinator::fetch_job(&mut client, &opts.coordinator))?;
@@ -119,7 +119,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
     let node = {
         let _guard = runtime.enter();
         runtime
-            .block_on(PeerNode::start(opts.listen, &opts.token))
+            .block_on(PeerNode::start(opts.listen, &opts.security))
             .map_err(|e| WorkerError::Internal(format!("peer server on {}: {e}", opts.listen)))?
     };
     let peer_addr = opts
@@ -140,7 +140,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
     let (joined_mid_job, donor_rank) = (reg.joined_mid_job, reg.donor_rank as usize);
     let ring = RingSession::new(
         node,
-        opts.token.clone(),
+        opts.security.clone(),
         reg,
         RingConfig {
             rank: 0,
@@ -160,7 +160,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         let donor = ring.peer(donor_rank)?;
         let bytes = runtime.block_on(crate::transport::client::fetch_state(
             &donor,
-            &opts.token,
+            &opts.security,
             ring.generation,
         ))?;
         let (t, s, sums) = snapshot::decode(job.clone(), bytes, &donor.to_string())?;

@@ -13,7 +13,7 @@ use funnel_common::rng::SplitMix64;
 use super::memory::{MemoryReceiver, MemorySender};
 use super::{Chunk, PeerId, RingConfig, RingError, SparseBlock, StepTag};
 use super::{all_reduce, memory, segments, sparse_exchange};
-use crate::transport::{GenerationLinks, JobToken, PeerNode};
+use crate::transport::{GenerationLinks, JobToken, PeerNode, Security};
 
 mod refusals;
 
@@ -98,7 +98,7 @@ async fn setup(kind: Kind, generations: &[u64]) -> (Vec<Links>, Vec<PeerId>, Vec
             (links, peers, Vec::new())
         }
         Kind::Grpc => {
-            let token = JobToken::new(TOKEN).expect("token");
+            let token = Security::plain(JobToken::new(TOKEN).expect("token"));
             let bind = "127.0.0.1:0".parse().expect("addr");
             let (mut nodes, mut peers) = (Vec::new(), Vec::new());
             for rank in 0..n {

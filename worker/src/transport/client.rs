@@ -14,18 +14,26 @@ use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::auth::{AttachToken, JobToken};
+use super::auth::AttachToken;
 use super::{MAX_MESSAGE_BYTES, Wire};
 use crate::ring::{PeerId, RingError, RingSend};
+use funnel_proto::tls::Security;
 
 /// A `Peer` client that attaches the job token to every call.
 pub type Client = PeerClient<InterceptedService<Channel, AttachToken>>;
 
 /// Connects to the `Peer` server of `peer`.
-pub async fn connect(peer: &PeerId, token: &JobToken) -> Result<Client, RingError> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", peer.addr))
+pub async fn connect(peer: &PeerId, security: &Security) -> Result<Client, RingError> {
+    let token = &security.token;
+    let mut endpoint = Endpoint::from_shared(format!("{}://{}", security.scheme(), peer.addr))
         .map_err(|e| RingError::link(peer, format!("bad address: {e}")))?
         .tcp_nodelay(true);
+    if let Some(tls) = &security.tls {
+        let config = tls.client().map_err(|e| RingError::link(peer, e))?;
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| RingError::link(peer, format!("TLS: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
@@ -127,10 +135,10 @@ impl<M: Wire> Drop for GrpcSender<M> {
 /// The ring's state that `donor` published for workers joining in `generation`.
 pub async fn fetch_state(
     donor: &PeerId,
-    token: &JobToken,
+    security: &Security,
     generation: u64,
 ) -> Result<bytes::Bytes, RingError> {
-    let mut client = connect(donor, token).await?;
+    let mut client = connect(donor, security).await?;
     let mut stream = client
         .fetch_state(pb::FetchStateRequest { generation })
         .await

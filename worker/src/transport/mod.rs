@@ -24,6 +24,7 @@ use tonic::Status;
 
 pub use auth::JobToken;
 pub use client::{Client, GrpcSender, connect};
+pub use funnel_proto::tls::Security;
 pub use server::{GrpcReceiver, PeerNode};
 
 use crate::ring::{Chunk, PeerId, RingError, SparseBlock};
@@ -139,11 +140,11 @@ impl GenerationLinks {
         left: PeerId,
         right: PeerId,
         generation: u64,
-        token: &JobToken,
+        security: &Security,
     ) -> Result<Self, RingError> {
         const CAPACITY: usize = 32;
         let (chunk_rx, sparse_rx) = node.open(generation, left, CAPACITY);
-        let mut client = connect(&right, token).await?;
+        let mut client = connect(&right, security).await?;
         let chunk_tx = GrpcSender::open(&mut client, me.clone(), right.clone(), CAPACITY).await?;
         let sparse_tx = GrpcSender::open(&mut client, me, right, CAPACITY).await?;
         Ok(Self {

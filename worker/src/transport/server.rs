@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::JobToken;
 use super::{MAX_MESSAGE_BYTES, Wire};
 use crate::ring::{Chunk, PeerId, RingError, RingRecv, SparseBlock};
+use funnel_proto::tls::Security;
 
 /// Messages waiting for the ring, of one kind, for the current generation.
 struct Slot<M> {
@@ -75,8 +76,16 @@ pub struct PeerNode {
 
 impl PeerNode {
     /// Starts the server on `bind` (e.g. `127.0.0.1:0` for an ephemeral port); every call must
-    /// carry `token`.
-    pub async fn start(bind: SocketAddr, token: &JobToken) -> std::io::Result<Self> {
+    /// carry the job token, over TLS when `security` has it.
+    pub async fn start(bind: SocketAddr, security: &Security) -> std::io::Result<Self> {
+        let token = &security.token;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &security.tls {
+            let config = tls.server().map_err(std::io::Error::other)?;
+            builder = builder
+                .tls_config(config)
+                .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?;
+        }
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let inbox = Shared::default();
@@ -95,7 +104,7 @@ impl PeerNode {
         // delayed ACK, ~40 ms stalls once a stream outgrew its window (issue 4 point 7).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::super::{Chunk, PeerId, RingError};
 use super::{KINDS, Kind, TOKEN, dense, random_buffers, tag};
-use crate::transport::{JobToken, PeerNode};
+use crate::transport::{JobToken, PeerNode, Security};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_layout_hash_is_refused_naming_the_peer() {
@@ -48,7 +48,7 @@ async fn stale_generation_is_refused() {
     });
     assert!(found, "{outs:?}");
     // Over gRPC the server refuses the stream before anything reaches the ring.
-    let token = JobToken::new(TOKEN).expect("token");
+    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
     let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
         .await
         .expect("server");
@@ -101,7 +101,7 @@ async fn stale_generation_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_or_missing_token_is_unauthenticated() {
-    let token = JobToken::new(TOKEN).expect("token");
+    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
     let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
         .await
         .expect("server");
@@ -110,7 +110,7 @@ async fn wrong_or_missing_token_is_unauthenticated() {
         addr: node.addr().to_string(),
     };
     let _receivers = node.open(1, me.clone(), 4);
-    let wrong = JobToken::new("not-the-token").expect("token");
+    let wrong = Security::plain(JobToken::new("not-the-token").expect("token"));
     let mut client = crate::transport::connect(&me, &wrong)
         .await
         .expect("connect");
