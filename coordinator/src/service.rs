@@ -663,6 +663,31 @@ impl Coordinator for CoordinatorService {
         }
     }
 
+    async fn report_peer(
+        &self,
+        req: Request<pb::ReportPeerRequest>,
+    ) -> Result<Response<pb::ReportPeerResponse>, Status> {
+        let r = req.into_inner();
+        let accused = {
+            let st = self.shared.lock();
+            failed(&st)?;
+            let me = live_member(&st, &r.worker_id)?;
+            let current = st.membership.generation();
+            // A report about an older ring is moot: that ring is gone.
+            (r.generation == current && st.membership.member(&r.peer_worker_id).is_some())
+                .then(|| {
+                    warn!(reporter = %me.id, peer = %r.peer_worker_id, reason = %r.reason, "a worker refused its neighbour's message; fencing the sender");
+                    r.peer_worker_id.clone()
+                })
+        };
+        if let Some(peer) = accused {
+            let why = format!("{} refused its message: {}", r.worker_id, r.reason);
+            self.shared.remove_workers(&[peer], &why);
+        }
+        let generation = self.shared.lock().membership.generation();
+        Ok(Response::new(pb::ReportPeerResponse { generation }))
+    }
+
     async fn job_status(
         &self,
         _req: Request<pb::JobStatusRequest>,

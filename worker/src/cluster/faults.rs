@@ -130,6 +130,116 @@ fn die(step: u64, phase: Phase) -> ! {
     funnel_common::fault::sigkill_self(&format!("worker at step {step}, phase {}", phase.name()))
 }
 
+/// The environment variable that makes a worker a hostile peer: `<step>:<kind>`.
+pub const CORRUPT_ENV: &str = "FUNNEL_FAULT_CORRUPT";
+
+/// How a hostile worker corrupts its first all-reduce chunk of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// A NaN among the values.
+    Nan,
+    /// An infinity among the values.
+    Inf,
+    /// Another model layout hash.
+    Layout,
+    /// An older generation.
+    Stale,
+    /// One value fewer than the segment needs.
+    Truncated,
+    /// One value more than the segment holds.
+    Oversized,
+}
+
+impl Corruption {
+    /// Every kind, with its name in [`CORRUPT_ENV`].
+    pub const ALL: [(Corruption, &'static str); 6] = [
+        (Corruption::Nan, "nan"),
+        (Corruption::Inf, "inf"),
+        (Corruption::Layout, "layout"),
+        (Corruption::Stale, "stale"),
+        (Corruption::Truncated, "truncated"),
+        (Corruption::Oversized, "oversized"),
+    ];
+
+    /// Parses `<step>:<kind>`.
+    pub fn parse(text: &str) -> Result<(u64, Corruption), String> {
+        let bad = || {
+            let kinds: Vec<&str> = Self::ALL.iter().map(|(_, n)| *n).collect();
+            format!(
+                "{CORRUPT_ENV}={text:?}: expected <step>:<kind> with kind one of {}",
+                kinds.join(", ")
+            )
+        };
+        let (step, kind) = text.split_once(':').ok_or_else(bad)?;
+        let step = step.trim().parse::<u64>().map_err(|_| bad())?;
+        let kind = Self::ALL
+            .iter()
+            .find(|(_, n)| *n == kind.trim())
+            .map(|(k, _)| *k)
+            .ok_or_else(bad)?;
+        Ok((step, kind))
+    }
+
+    /// The corruption configured for `step`, if any (read once).
+    pub fn at(step: u64) -> Option<Corruption> {
+        static POINT: OnceLock<Option<(u64, Corruption)>> = OnceLock::new();
+        let point = *POINT.get_or_init(|| {
+            let text = std::env::var(CORRUPT_ENV).ok()?;
+            Corruption::parse(&text)
+                .inspect_err(|e| tracing::error!("{e}"))
+                .ok()
+        });
+        point.filter(|(s, _)| *s == step).map(|(_, k)| k)
+    }
+
+    /// `chunk`, corrupted.
+    pub fn apply(self, mut chunk: crate::ring::Chunk) -> crate::ring::Chunk {
+        let mut v = chunk.values.to_vec();
+        match self {
+            Corruption::Nan | Corruption::Inf => {
+                let bad = if self == Corruption::Nan {
+                    f32::NAN
+                } else {
+                    f32::INFINITY
+                };
+                match v.first_mut() {
+                    Some(x) => *x = bad,
+                    None => v.push(bad),
+                }
+            }
+            Corruption::Layout => chunk.tag.layout_hash ^= 1,
+            Corruption::Stale => chunk.tag.generation = chunk.tag.generation.wrapping_sub(1),
+            Corruption::Truncated => {
+                v.pop();
+            }
+            Corruption::Oversized => v.push(0.0),
+        }
+        chunk.values = v.into();
+        chunk
+    }
+}
+
+/// A sender that corrupts its first chunk (a hostile or broken peer).
+pub struct CorruptFirst<'a, S> {
+    /// The real sender.
+    pub inner: &'a mut S,
+    /// How.
+    pub kind: Option<Corruption>,
+}
+
+impl<S: RingSend<crate::ring::Chunk>> RingSend<crate::ring::Chunk> for CorruptFirst<'_, S> {
+    async fn send(&mut self, msg: crate::ring::Chunk) -> Result<(), RingError> {
+        let msg = match self.kind.take() {
+            Some(k) => {
+                tracing::warn!(kind = ?k, "fault injection: sending a corrupted chunk");
+                k.apply(msg)
+            }
+            None => msg,
+        };
+        self.inner.send(msg).await
+    }
+}
+
 /// A sender that dies after its first message of `step` went out (mid all-reduce).
 pub struct DieAfterFirst<'a, S> {
     /// The real sender.
@@ -148,6 +258,34 @@ impl<M: Send, S: RingSend<M>> RingSend<M> for DieAfterFirst<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corruptions_parse_and_change_what_they_say() {
+        use crate::ring::{Chunk, Phase as RingPhase, StepTag};
+        assert_eq!(Corruption::parse("7:nan"), Ok((7, Corruption::Nan)));
+        let e = Corruption::parse("7:fire").expect_err("unknown kind");
+        assert!(e.contains(CORRUPT_ENV) && e.contains("oversized"), "{e}");
+        let chunk = Chunk {
+            tag: StepTag {
+                generation: 3,
+                step: 7,
+                layout_hash: 8,
+            },
+            phase: RingPhase::ReduceScatter,
+            round: 0,
+            segment: 0,
+            chunk: 0,
+            offset: 0,
+            values: vec![1.0, 2.0].into(),
+        };
+        let c = |k: Corruption| k.apply(chunk.clone());
+        assert!(c(Corruption::Nan).values.to_vec()[0].is_nan());
+        assert!(c(Corruption::Inf).values.to_vec()[0].is_infinite());
+        assert_eq!(c(Corruption::Layout).tag.layout_hash, 9);
+        assert_eq!(c(Corruption::Stale).tag.generation, 2);
+        assert_eq!(c(Corruption::Truncated).values.len(), 1);
+        assert_eq!(c(Corruption::Oversized).values.len(), 3);
+    }
 
     #[test]
     fn kill_points_parse_and_bad_ones_name_the_variable() {

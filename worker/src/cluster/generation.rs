@@ -153,6 +153,37 @@ impl RingSession {
             .ok_or_else(|| RingError::Config("links not open".into()))
     }
 
+    /// If `error` is a message of the left-hand neighbour that this rank refused (malformed,
+    /// wrong size or layout, another generation, non-finite values), reports the neighbour to
+    /// the coordinator, which fences it: the others then redo the step without it. Broken
+    /// links are not reported: a dead peer is found by its missing heartbeats.
+    pub async fn report_peer(
+        &self,
+        client: &mut Client,
+        error: &RingError,
+    ) -> Result<(), WorkerError> {
+        let peer = match error {
+            RingError::Invalid { peer, .. }
+            | RingError::Layout { peer, .. }
+            | RingError::Generation { peer, .. } => peer,
+            _ => return Ok(()),
+        };
+        let Some(member) = self.members.get(peer.rank) else {
+            return Ok(());
+        };
+        warn!(peer = %peer, worker = %member.worker_id, error = %error, "refused a message of the left neighbour; reporting it");
+        client
+            .report_peer(pb::ReportPeerRequest {
+                worker_id: self.worker_id.clone(),
+                generation: self.generation,
+                peer_worker_id: member.worker_id.clone(),
+                reason: error.to_string(),
+            })
+            .await
+            .map_err(|s| refused("ReportPeer", s))?;
+        Ok(())
+    }
+
     /// Drops this generation's links and waits for the coordinator's next ring; the caller
     /// then redoes what `cause` interrupted. Fails if this worker was fenced out, or if no new
     /// generation forms (the interruption was not a member's death).

@@ -160,6 +160,12 @@ pub(crate) fn train_epoch(
                         step,
                     };
                     all_reduce(&cfg, tag, &mut buf, &mut tx, &mut links.chunk_rx).await?;
+                } else if let Some(kind) = faults::Corruption::at(step) {
+                    let mut tx = faults::CorruptFirst {
+                        inner: &mut links.chunk_tx,
+                        kind: Some(kind),
+                    };
+                    all_reduce(&cfg, tag, &mut buf, &mut tx, &mut links.chunk_rx).await?;
                 } else {
                     all_reduce(
                         &cfg,
@@ -216,6 +222,9 @@ pub(crate) fn train_epoch(
             Err(cause) => {
                 // Nothing was applied anywhere: rejoin, then redo this step with this batch.
                 carry = input;
+                if let Interrupt::Ring(e) = &cause {
+                    runtime.block_on(ctx.ring.report_peer(&mut ctx.client, e))?;
+                }
                 runtime.block_on(ctx.ring.rejoin(&mut ctx.client, &cause))?;
                 if ctx.ring.must_donate() {
                     // A worker joined: it starts from this rank's state (the ring's, since no
