@@ -14,6 +14,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use support::funnel;
+use support::procs::final_auc;
 
 /// A spec over fresh data: one object of `row_group_rows`-row groups; `edit` changes the text.
 fn setup(
@@ -312,17 +313,6 @@ fn a_local_cluster_trains_to_the_quality_of_one_worker() {
             ("batch_size = 1024", "batch_size = 512"),
         ],
     );
-    let auc = |output: &Path| -> Vec<f64> {
-        let lines = std::fs::read_to_string(output.join("metrics.jsonl")).expect("metrics");
-        let last: serde_json::Value =
-            serde_json::from_str(lines.lines().last().expect("line")).expect("json");
-        last["eval"]["metrics"]["targets"]
-            .as_array()
-            .expect("targets")
-            .iter()
-            .map(|t| t["auc"].as_f64().expect("auc"))
-            .collect()
-    };
     let one = dir.path().join("one");
     let three = dir.path().join("three");
     funnel(&[
@@ -340,7 +330,7 @@ fn a_local_cluster_trains_to_the_quality_of_one_worker() {
         run.stdout
             .contains("all 3 workers and the coordinator exited cleanly")
     );
-    let (a, b) = (auc(&one), auc(&three));
+    let (a, b) = (final_auc(&one), final_auc(&three));
     eprintln!("eval AUC, 1 worker {a:?}; 3 workers {b:?}");
     for (x, y) in a.iter().zip(&b) {
         assert!(

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use funnel_common::rng::SplitMix64;
 use support::funnel;
-use support::procs::{Log, final_auc, setup, spawn, text, waiter};
+use support::procs::{
+    Log, assert_auc_close, audit_passes, final_auc, setup, spawn_worker, start_coordinator, text,
+    waiter,
+};
 
 /// A finished process: index (`usize::MAX` for the coordinator), status, when it ended.
 type Exit = (usize, std::process::ExitStatus, Instant);
@@ -29,18 +32,7 @@ fn start_worker(url: &str, kill: Option<&String>, index: usize, exits: &mpsc::Se
     let env: Vec<(&str, String)> = kill
         .map(|p| vec![("FUNNEL_FAULT_KILL", p.clone())])
         .unwrap_or_default();
-    let (mut child, log) = spawn(
-        &[
-            "worker",
-            "--coordinator",
-            url,
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-        ],
-        &env,
-    );
+    let (mut child, log) = spawn_worker(url, &env);
     let exits = exits.clone();
     std::thread::spawn(move || {
         let status = child.wait().expect("wait");
@@ -62,31 +54,8 @@ fn run_job(
     kills: &[(usize, String)],
     replacements: &[Option<String>],
 ) -> (Vec<Duration>, Vec<Log>) {
-    let (mut coordinator, clog) = spawn(
-        &[
-            "coordinator",
-            "--config",
-            spec,
-            "--listen",
-            "127.0.0.1:0",
-            "--output",
-            out,
-        ],
-        &[],
-    );
-    let url = loop {
-        let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-            l.strip_prefix("coordinator listening on ")
-                .map(|a| format!("http://{a}"))
-        });
-        if let Some(u) = found {
-            break u;
-        }
-        if let Ok(Some(s)) = coordinator.try_wait() {
-            panic!("coordinator exited {s}:\n{}", text(&clog));
-        }
-        std::thread::yield_now();
-    };
+    let (mut coordinator, clog, addr) = start_coordinator(spec, out, "127.0.0.1:0", &[], None);
+    let url = format!("http://{addr}");
     let (exits, ended) = mpsc::channel::<Exit>();
     {
         let exits = exits.clone();
@@ -222,18 +191,13 @@ fn four_workers_killed_five_times_with_replacements_complete_and_every_row_count
         .count();
     assert_eq!(joined, 5, "every replacement joined with the ring's state");
 
-    let audit = funnel(&["audit", &out]).success();
-    assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
-    assert!(!audit.stdout.contains("FAILED"), "{}", audit.stdout);
-
-    let (a, b) = (final_auc(&clean), final_auc(&faulty));
-    eprintln!("final eval AUC without faults {a:?}; killed 5 times {b:?}");
-    for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() <= 0.005,
-            "AUC {y:.4} with faults vs {x:.4} without"
-        );
-    }
+    audit_passes(&out);
+    assert_auc_close(
+        &final_auc(&clean),
+        &final_auc(&faulty),
+        0.005,
+        "killed 5 times",
+    );
 }
 
 /// The fault matrix: one job per (phase, victim), on small data with 3 workers. Each must
@@ -256,8 +220,7 @@ fn a_kill_in_every_phase_of_a_step_and_at_the_barrier_is_survived() {
     for (i, (victim, point)) in cases.into_iter().enumerate() {
         let out = format!("file://{}/out{i}", dir.path().display());
         let (took, _) = run_job(&spec, &out, 3, &[(victim, point.to_string())], &[]);
-        let audit = funnel(&["audit", &out]).success();
-        assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+        audit_passes(&out);
         table.push(format!(
             "| worker {victim} (rank {victim} at start) | {point} | completed, audit passed | {:.2} s |",
             took[0].as_secs_f64()
@@ -302,48 +265,13 @@ fn the_coordinator_killed_twice_restarts_and_the_job_completes() {
         let env: Vec<(&str, String)> = kill
             .map(|k| vec![("FUNNEL_FAULT_KILL_COORDINATOR", k.to_string())])
             .unwrap_or_default();
-        let (mut coordinator, clog) = spawn(
-            &[
-                "coordinator",
-                "--config",
-                &spec,
-                "--listen",
-                &listen,
-                "--output",
-                &out,
-            ],
-            &env,
-        );
-        let addr = loop {
-            let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-                l.strip_prefix("coordinator listening on ")
-                    .map(str::to_string)
-            });
-            if let Some(a) = found {
-                break a;
-            }
-            if let Ok(Some(s)) = coordinator.try_wait() {
-                panic!("coordinator {i} exited {s}:\n{}", text(&clog));
-            }
-            std::thread::yield_now();
-        };
+        let (coordinator, clog, addr) = start_coordinator(&spec, &out, &listen, &env, None);
         if i == 0 {
             // Restarts listen where the workers reconnect.
             listen = addr.clone();
             let url = format!("http://{addr}");
             for _ in 0..3 {
-                let (child, log) = spawn(
-                    &[
-                        "worker",
-                        "--coordinator",
-                        &url,
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--threads",
-                        "1",
-                    ],
-                    &[],
-                );
+                let (child, log) = spawn_worker(&url, &[]);
                 workers.push((waiter(child), log));
             }
         }
@@ -369,20 +297,13 @@ fn the_coordinator_killed_twice_restarts_and_the_job_completes() {
         );
     }
     assert!(faulty.join("coordinator/journal.json").exists());
-    let audit = funnel(&["audit", &out]).success();
-    assert!(
-        audit.stdout.contains("every row of 2 epochs"),
-        "{}",
-        audit.stdout
+    audit_passes(&out);
+    assert_auc_close(
+        &final_auc(&clean),
+        &final_auc(&faulty),
+        0.005,
+        "coordinator killed twice",
     );
-    let (a, b) = (final_auc(&clean), final_auc(&faulty));
-    eprintln!("final eval AUC without faults {a:?}; coordinator killed twice {b:?}");
-    for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() <= 0.005,
-            "AUC {y:.4} with restarts vs {x:.4} without"
-        );
-    }
 }
 
 /// Joining (issue 6 point 4): a worker killed mid-epoch is replaced by a new process, which
@@ -405,6 +326,5 @@ fn a_worker_joins_mid_epoch_and_the_job_completes_with_it() {
         .filter(|l| text(l).contains("state published for the joining worker"))
         .count();
     assert_eq!(donor, 1, "one donor");
-    let audit = funnel(&["audit", &out]).success();
-    assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+    audit_passes(&out);
 }

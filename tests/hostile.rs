@@ -7,8 +7,7 @@
 
 mod support;
 
-use support::funnel;
-use support::procs::{setup, spawn, text, waiter};
+use support::procs::{audit_passes, setup, spawn_worker, start_coordinator, text, waiter};
 
 #[test]
 fn each_corrupted_chunk_is_refused_and_its_sender_fenced() {
@@ -17,31 +16,8 @@ fn each_corrupted_chunk_is_refused_and_its_sender_fenced() {
     let mut table = Vec::new();
     for kind in ["nan", "inf", "layout", "stale", "truncated", "oversized"] {
         let out = format!("file://{}/out-{kind}", dir.path().display());
-        let (mut coordinator, clog) = spawn(
-            &[
-                "coordinator",
-                "--config",
-                &spec,
-                "--listen",
-                "127.0.0.1:0",
-                "--output",
-                &out,
-            ],
-            &[],
-        );
-        let url = loop {
-            let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-                l.strip_prefix("coordinator listening on ")
-                    .map(|a| format!("http://{a}"))
-            });
-            if let Some(u) = found {
-                break u;
-            }
-            if let Ok(Some(s)) = coordinator.try_wait() {
-                panic!("coordinator exited {s}:\n{}", text(&clog));
-            }
-            std::thread::yield_now();
-        };
+        let (coordinator, clog, addr) = start_coordinator(&spec, &out, "127.0.0.1:0", &[], None);
+        let url = format!("http://{addr}");
         let workers: Vec<_> = (0..3)
             .map(|w| {
                 let env = if w == 1 {
@@ -49,18 +25,7 @@ fn each_corrupted_chunk_is_refused_and_its_sender_fenced() {
                 } else {
                     Vec::new()
                 };
-                let (child, log) = spawn(
-                    &[
-                        "worker",
-                        "--coordinator",
-                        &url,
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--threads",
-                        "1",
-                    ],
-                    &env,
-                );
+                let (child, log) = spawn_worker(&url, &env);
                 (waiter(child), log)
             })
             .collect();
@@ -102,8 +67,7 @@ fn each_corrupted_chunk_is_refused_and_its_sender_fenced() {
                 )
             })
             .to_string();
-        let audit = funnel(&["audit", &out]).success();
-        assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+        audit_passes(&out);
         table.push(format!("| {kind} | {refusal} |"));
     }
     eprintln!("| corruption | the receiver's log line |\n|---|---|");

@@ -13,8 +13,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use support::funnel;
-use support::procs::{LineHook, setup, spawn, spawn_watched, text, waiter};
+use support::procs::{
+    LineHook, audit_passes, setup, spawn_worker, start_coordinator, text, waiter,
+};
 
 /// Link state: forwarding, or cut (copiers wait on the condvar until it heals).
 #[derive(Default)]
@@ -96,49 +97,14 @@ fn a_worker_cut_off_from_the_coordinator_is_fenced_and_the_job_goes_on() {
             }
         })
     };
-    let (mut coordinator, clog) = spawn_watched(
-        &[
-            "coordinator",
-            "--config",
-            &spec,
-            "--listen",
-            "127.0.0.1:0",
-            "--output",
-            &out,
-        ],
-        &[],
-        Some(healer),
-    );
-    let addr = loop {
-        let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-            l.strip_prefix("coordinator listening on ")
-                .map(str::to_string)
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        if let Ok(Some(s)) = coordinator.try_wait() {
-            panic!("coordinator exited {s}:\n{}", text(&clog));
-        }
-        std::thread::yield_now();
-    };
+    let (coordinator, clog, addr) =
+        start_coordinator(&spec, &out, "127.0.0.1:0", &[], Some(healer));
     // 40 KB upstream: GetJob, Register and a few dozen heartbeats and step votes.
     let via = proxy(addr.clone(), link.clone(), 40 << 10);
     let mut workers = Vec::new();
     for w in 0..3 {
         let url = format!("http://{}", if w == 2 { &via } else { &addr });
-        let (child, log) = spawn(
-            &[
-                "worker",
-                "--coordinator",
-                &url,
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ],
-            &[],
-        );
+        let (child, log) = spawn_worker(&url, &[]);
         workers.push((waiter(child), log));
     }
     let (status, _) = waiter(coordinator).join().expect("waiter");
@@ -166,6 +132,5 @@ fn a_worker_cut_off_from_the_coordinator_is_fenced_and_the_job_goes_on() {
     );
     assert!(!said.contains("panicked"), "{said}");
     assert!(text(&clog).contains("workers removed"));
-    let audit = funnel(&["audit", &out]).success();
-    assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+    audit_passes(&out);
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use funnel_proto::v1 as pb;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use support::funnel_env;
-use support::procs::{TOKEN, setup, spawn, text, waiter};
+use support::procs::{TOKEN, setup, spawn_worker, start_coordinator, text, waiter};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 struct Pki {
@@ -69,31 +69,8 @@ fn a_job_over_mutual_tls_completes_and_plaintext_is_refused() {
         ("FUNNEL_TLS_CLIENT_CA", path(&p.ca)),
         ("FUNNEL_TLS_CA", path(&p.ca)),
     ];
-    let (mut coordinator, clog) = spawn(
-        &[
-            "coordinator",
-            "--config",
-            &spec,
-            "--listen",
-            "127.0.0.1:0",
-            "--output",
-            &out,
-        ],
-        &server_env,
-    );
-    let addr = loop {
-        let found = clog.lock().expect("log").iter().find_map(|(_, l)| {
-            l.strip_prefix("coordinator listening on ")
-                .map(str::to_string)
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        if let Ok(Some(s)) = coordinator.try_wait() {
-            panic!("coordinator exited {s}:\n{}", text(&clog));
-        }
-        std::thread::yield_now();
-    };
+    let (coordinator, clog, addr) =
+        start_coordinator(&spec, &out, "127.0.0.1:0", &server_env, None);
     let https = format!("https://{addr}");
 
     // Refused: plaintext, and TLS without a client certificate.
@@ -142,18 +119,7 @@ fn a_job_over_mutual_tls_completes_and_plaintext_is_refused() {
     // The job itself, every connection over mutual TLS (coordinator and peers).
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (child, log) = spawn(
-                &[
-                    "worker",
-                    "--coordinator",
-                    &https,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--threads",
-                    "1",
-                ],
-                &server_env,
-            );
+            let (child, log) = spawn_worker(&https, &server_env);
             (waiter(child), log)
         })
         .collect();

@@ -92,6 +92,23 @@ impl Membership {
         }
     }
 
+    /// Refuses another config or another model layout than the job's.
+    fn check_hashes(&self, config_hash: u64, layout_hash: u64) -> Result<(), JoinRefusal> {
+        if config_hash != self.config_hash {
+            return Err(JoinRefusal::Config {
+                got: config_hash,
+                expected: self.config_hash,
+            });
+        }
+        match self.layout_hash {
+            Some(expected) if expected != layout_hash => Err(JoinRefusal::Layout {
+                got: layout_hash,
+                expected,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Adds a worker; ranks follow registration order. The ring (generation 1) forms when the
     /// last expected worker registers.
     pub fn register(
@@ -102,20 +119,7 @@ impl Membership {
         layout_hash: u64,
         now_ms: u64,
     ) -> Result<Member, JoinRefusal> {
-        if config_hash != self.config_hash {
-            return Err(JoinRefusal::Config {
-                got: config_hash,
-                expected: self.config_hash,
-            });
-        }
-        if let Some(expected) = self.layout_hash
-            && expected != layout_hash
-        {
-            return Err(JoinRefusal::Layout {
-                got: layout_hash,
-                expected,
-            });
-        }
+        self.check_hashes(config_hash, layout_hash)?;
         if self.generation > 0 || self.members.len() >= self.expected {
             return Err(JoinRefusal::Full(self.expected));
         }
@@ -184,20 +188,7 @@ impl Membership {
         layout_hash: u64,
         now_ms: u64,
     ) -> Result<Member, JoinRefusal> {
-        if config_hash != self.config_hash {
-            return Err(JoinRefusal::Config {
-                got: config_hash,
-                expected: self.config_hash,
-            });
-        }
-        if let Some(expected) = self.layout_hash
-            && expected != layout_hash
-        {
-            return Err(JoinRefusal::Layout {
-                got: layout_hash,
-                expected,
-            });
-        }
+        self.check_hashes(config_hash, layout_hash)?;
         if self.members.len() >= self.expected || self.members.is_empty() {
             return Err(JoinRefusal::Full(self.expected));
         }

@@ -127,3 +127,75 @@ pub fn final_auc(output: &Path) -> Vec<f64> {
         .map(|t| t["auc"].as_f64().expect("auc"))
         .collect()
 }
+
+/// Starts `funnel coordinator` for `spec` on `listen` (`127.0.0.1:0`: an ephemeral port) with
+/// output `out`, and waits for its "listening" line. Returns the process, its log and address.
+pub fn start_coordinator(
+    spec: &str,
+    out: &str,
+    listen: &str,
+    env: &[(&str, String)],
+    hook: Option<LineHook>,
+) -> (Child, Log, String) {
+    let (mut child, log) = spawn_watched(
+        &[
+            "coordinator",
+            "--config",
+            spec,
+            "--listen",
+            listen,
+            "--output",
+            out,
+        ],
+        env,
+        hook,
+    );
+    loop {
+        let found = log.lock().expect("log").iter().find_map(|(_, l)| {
+            l.strip_prefix("coordinator listening on ")
+                .map(str::to_string)
+        });
+        if let Some(addr) = found {
+            return (child, log, addr);
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("coordinator exited {s}:\n{}", text(&log));
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Starts `funnel worker` of the coordinator at `url` (one compute thread, an ephemeral port).
+pub fn spawn_worker(url: &str, env: &[(&str, String)]) -> (Child, Log) {
+    spawn(
+        &[
+            "worker",
+            "--coordinator",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ],
+        env,
+    )
+}
+
+/// Runs `funnel audit` on `out` and checks that every epoch counted each row exactly once.
+pub fn audit_passes(out: &str) {
+    let audit = funnel(&["audit", out]).success();
+    assert!(audit.stdout.contains("exactly once"), "{}", audit.stdout);
+    assert!(!audit.stdout.contains("FAILED"), "{}", audit.stdout);
+}
+
+/// Asserts that each AUC of `got` is within `tolerance` of `want`'s (`what` names the run).
+pub fn assert_auc_close(want: &[f64], got: &[f64], tolerance: f64, what: &str) {
+    eprintln!("final eval AUC without faults {want:?}; {what} {got:?}");
+    assert_eq!(want.len(), got.len());
+    for (x, y) in want.iter().zip(got) {
+        assert!(
+            (x - y).abs() <= tolerance,
+            "AUC {y:.4} ({what}) vs {x:.4} without faults"
+        );
+    }
+}
