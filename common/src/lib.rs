@@ -18,6 +18,8 @@
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact, mergeable metrics: AUC (ties averaged), logloss, calibration, CVR AUC.
 //! - [`model`]: burn towers, the log-space funnel loss and the flat dense-parameter buffer.
+//! - [`retry`]: retries with backoff for the reads Funnel issues (footers, column chunks).
+//! - [`store_faults`]: seeded object-store read failures for tests (`FUNNEL_STORE_FAULTS`).
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
@@ -38,9 +40,11 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod reader;
+pub mod retry;
 pub mod rng;
 pub mod spec;
 pub mod store;
+pub mod store_faults;
 pub mod synth;
 pub mod validate;
 pub mod weighting;

@@ -182,11 +182,16 @@ async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result
     }
     let location = &meta.location;
     let fetch = |range: Range<u64>| async move {
-        store
-            .store
-            .get_range(location, range)
-            .await
-            .map_err(|e| store.error("read footer of", location, e))
+        let url = store.object_url(location);
+        crate::retry::with_retries(&url, || async {
+            let got = store.store.get_range(location, range.clone()).await?;
+            if got.len() as u64 != range.end - range.start {
+                return Err(crate::retry::truncated(got.len(), range.end - range.start));
+            }
+            Ok(got)
+        })
+        .await
+        .map_err(|e| store.error("read footer of", location, e))
     };
     // One suffix read usually holds the whole footer; a second one fetches the rest if not.
     let mut tail = fetch(size.saturating_sub(FOOTER_GUESS)..size).await?;

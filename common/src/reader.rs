@@ -181,13 +181,19 @@ impl ShardReader {
             })
             .collect();
         ranges.sort_by_key(|r| r.start);
-        let parts = self
-            .manifest
-            .store
-            .store
-            .get_ranges(&entry.path, &ranges)
-            .await
-            .map_err(|e| self.manifest.store.error("read", &entry.path, e))?;
+        let store = &self.manifest.store.store;
+        let parts = crate::retry::with_retries(&entry.url, || async {
+            let parts = store.get_ranges(&entry.path, &ranges).await?;
+            // A body shorter than its range is a cut transfer: read it again.
+            for (p, r) in parts.iter().zip(&ranges) {
+                if p.len() as u64 != r.end - r.start {
+                    return Err(crate::retry::truncated(p.len(), r.end - r.start));
+                }
+            }
+            Ok(parts)
+        })
+        .await
+        .map_err(|e| self.manifest.store.error("read", &entry.path, e))?;
         Ok(FetchedRanges {
             len: entry.size,
             parts: ranges.iter().map(|r| r.start).zip(parts).collect(),

@@ -75,7 +75,8 @@ impl StoreUrl {
         };
         Ok(Self {
             url: parsed,
-            store,
+            // Wrapped only when fault injection is on (tests).
+            store: crate::store_faults::wrap(store),
             prefix,
         })
     }
