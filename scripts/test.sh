@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, with all set-up, on a fresh machine: Python test packages, the real S3
-# server (Ceph radosgw, scripts/s3-server.sh), the Rust tests with S3 required, the Python tests,
+# The whole test suite, with all set-up, on a fresh machine: Python test packages, the deploy
+# files' validation (scripts/check-deploy.sh), the real S3 server (Ceph radosgw,
+# scripts/s3-server.sh), the Rust tests with S3 required, the Python tests,
 # then libtorch from PyPI (scripts/libtorch.sh) and the model tests again on the tch backend.
 # This is the README's test command; .ci/run runs exactly this after fmt and clippy.
 set -euo pipefail
@@ -15,6 +16,9 @@ stage() { # name: prints how long the previous stage took
 stage "python test packages"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/python/requirements.txt
+
+stage "deploy files (scripts/check-deploy.sh)"
+bash scripts/check-deploy.sh
 
 stage "S3 server (radosgw)"
 export FUNNEL_S3_DIR=${FUNNEL_S3_DIR:-/tmp/funnel-s3-tests}

@@ -1,0 +1,82 @@
+//! deploy/ agrees with the workspace (issue 7 point 1): the Dockerfile builds and copies the
+//! binary Cargo.toml declares with a toolchain at least its rust-version; the Kubernetes job
+//! spec parses as a job and its worker count equals the StatefulSet's replicas; the compose
+//! file's coordinator waits for as many workers as it starts. Schema validation of the
+//! manifests, `docker compose config` and shellcheck run in scripts/check-deploy.sh.
+
+use std::path::Path;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The first integer after `key` in `text`.
+fn number_after(text: &str, key: &str) -> u64 {
+    let at = text.find(key).unwrap_or_else(|| panic!("no {key:?}")) + key.len();
+    text[at..]
+        .trim_start_matches(|c: char| c == ' ' || c == '"' || c == ',' || c == ':' || c == '=')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key:?}"))
+}
+
+#[test]
+fn the_dockerfile_builds_the_workspace_binary_with_a_new_enough_toolchain() {
+    let cargo = read("Cargo.toml");
+    let docker = read("deploy/Dockerfile");
+    assert!(
+        cargo.contains("[[bin]]\nname = \"funnel\""),
+        "the binary is `funnel`"
+    );
+    assert!(
+        docker.contains("cargo build --release --locked --bin funnel"),
+        "{docker}"
+    );
+    assert!(docker.contains("COPY --from=build /src/target/release/funnel /usr/local/bin/funnel"));
+    assert!(docker.contains("USER 10001"), "non-root");
+    let version = |text: &str, key: &str| -> (u64, u64) {
+        let at = text.find(key).unwrap_or_else(|| panic!("no {key}")) + key.len();
+        let v: Vec<u64> = text[at..]
+            .trim_start_matches(['"', ' ', '='])
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .map(|p| p.parse().expect("version number"))
+            .collect();
+        (v[0], v[1])
+    };
+    let needed = version(&cargo, "rust-version = ");
+    let image = version(&docker, "FROM rust:");
+    assert!(
+        image >= needed,
+        "rust:{image:?} is older than rust-version {needed:?}"
+    );
+}
+
+#[test]
+fn the_kubernetes_job_parses_and_matches_the_worker_replicas() {
+    let text = read("deploy/k8s/job.toml");
+    let job = funnel_common::spec::Job::parse(&text, "deploy/k8s/job.toml").expect("a valid job");
+    let replicas = number_after(&read("deploy/k8s/workers.yaml"), "replicas:");
+    assert_eq!(job.spec.cluster.workers as u64, replicas);
+    let kustomization = read("deploy/k8s/kustomization.yaml");
+    for file in [
+        "secret.yaml",
+        "coordinator.yaml",
+        "workers.yaml",
+        "job.toml",
+    ] {
+        assert!(kustomization.contains(file), "kustomization lists {file}");
+        read(&format!("deploy/k8s/{file}"));
+    }
+}
+
+#[test]
+fn the_compose_coordinator_waits_for_the_workers_it_starts() {
+    let compose = read("deploy/compose.yaml");
+    let workers = number_after(&compose, "\"--workers\"");
+    let replicas = number_after(&compose, "replicas:");
+    assert_eq!(workers, replicas);
+}
