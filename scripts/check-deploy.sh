@@ -16,7 +16,8 @@ kubernetes-validate --strict deploy/k8s/coordinator.yaml deploy/k8s/workers.yaml
 # No Docker engine runs here; `config` needs none. Debian's docker-compose (1.29, the Compose
 # Specification) when the compose plugin is missing.
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
-  apt-get install -y -q docker-compose >/dev/null
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 fi
 if docker compose version >/dev/null 2>&1; then
   FUNNEL_JOB_TOKEN=check docker compose -f deploy/compose.yaml config --quiet
