@@ -165,6 +165,15 @@ fn injected(what: &str) -> object_store::Error {
     }
 }
 
+/// The error of a failing read of `kind` (a timeout first waits a little, as a real one does).
+async fn fail(kind: FaultKind) -> object_store::Error {
+    if kind == FaultKind::Timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        return injected("operation timed out");
+    }
+    injected("503 SlowDown: please reduce your request rate")
+}
+
 impl FaultyStore {
     /// The fault for a read of `location`, if one is drawn.
     fn draw(&self, location: &Path) -> Option<FaultKind> {
@@ -211,13 +220,7 @@ impl ObjectStore for FaultyStore {
         };
         match fault {
             None => self.inner.get_opts(location, options).await,
-            Some(FaultKind::SlowDown) => {
-                Err(injected("503 SlowDown: please reduce your request rate"))
-            }
-            Some(FaultKind::Timeout) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Err(injected("operation timed out"))
-            }
+            Some(k @ (FaultKind::SlowDown | FaultKind::Timeout)) => Err(fail(k).await),
             Some(FaultKind::Truncate) => {
                 let got = self.inner.get_opts(location, options).await?;
                 let (meta, range, attributes, extensions) = (
@@ -244,13 +247,7 @@ impl ObjectStore for FaultyStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         match self.draw(location) {
             None => self.inner.get_ranges(location, ranges).await,
-            Some(FaultKind::SlowDown) => {
-                Err(injected("503 SlowDown: please reduce your request rate"))
-            }
-            Some(FaultKind::Timeout) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Err(injected("operation timed out"))
-            }
+            Some(k @ (FaultKind::SlowDown | FaultKind::Timeout)) => Err(fail(k).await),
             Some(FaultKind::Truncate) => {
                 let mut parts = self.inner.get_ranges(location, ranges).await?;
                 if let Some(last) = parts.last_mut() {
