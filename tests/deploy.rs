@@ -15,7 +15,7 @@ fn read(path: &str) -> String {
 fn number_after(text: &str, key: &str) -> u64 {
     let at = text.find(key).unwrap_or_else(|| panic!("no {key:?}")) + key.len();
     text[at..]
-        .trim_start_matches(|c: char| c == ' ' || c == '"' || c == ',' || c == ':' || c == '=')
+        .trim_start_matches([' ', '"', ',', ':', '='])
         .chars()
         .take_while(char::is_ascii_digit)
         .collect::<String>()
