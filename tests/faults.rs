@@ -2,7 +2,7 @@
 //! binary on 127.0.0.1 ephemeral ports are killed 5 times at seeded (step, phase) points
 //! (`FUNNEL_FAULT_KILL`: the worker SIGKILLs itself there); each death starts a replacement
 //! process that joins the running job. The job must complete, `funnel audit` must prove every
-//! row of every epoch counted exactly once, and the final eval AUC must be within 0.005 of the
+//! row of every epoch counted exactly once, and the final eval AUC must be within 0.01 of the
 //! same job without faults.
 //!
 //! A second test is the fault matrix: one job per phase of a step (and the epoch barrier), the
