@@ -81,6 +81,17 @@ pub enum Error {
         /// A hint for likely causes (credentials, endpoint).
         hint: &'static str,
     },
+    /// Reading part of an object (a row group's column chunks) failed after retries; unlike
+    /// [`Error::Store`] it names the row group, so a persistent failure points at the data.
+    #[error("{location}: read failed: {source}{hint}")]
+    StoreRead {
+        /// The object and row group.
+        location: Box<DataLocation>,
+        /// The store's last error (with the attempts made, when retried).
+        source: Box<object_store::Error>,
+        /// A hint for likely causes (credentials, endpoint).
+        hint: &'static str,
+    },
     /// A dataset prefix with no Parquet objects.
     #[error("dataset {url} (job key {key}) has no Parquet objects")]
     EmptyDataset {

@@ -74,7 +74,12 @@ impl DatasetManifest {
     /// ignored; every other object must be Parquet. A URL that names one object is a dataset of
     /// that object.
     pub async fn build(url: &str, key: &str, concurrency: usize) -> Result<Self> {
-        let store = StoreUrl::open(url, key)?;
+        Self::build_in(StoreUrl::open(url, key)?, key, concurrency).await
+    }
+
+    /// [`Self::build`] on a store already opened (a test wraps it, e.g. in a
+    /// [`crate::store_faults::FaultyStore`]).
+    pub async fn build_in(store: StoreUrl, key: &str, concurrency: usize) -> Result<Self> {
         let prefix_url = store.object_url(&store.prefix);
         let mut listed: Vec<object_store::ObjectMeta> = store
             .store
@@ -90,9 +95,16 @@ impl DatasetManifest {
             .map_err(|e| crate::store::store_error("list", prefix_url.clone(), e))?;
         listed.sort_by(|a, b| a.location.cmp(&b.location));
         if listed.is_empty() {
-            // The URL may name one object rather than a prefix.
-            if let Ok(meta) = store.store.head(&store.prefix).await {
-                listed.push(meta);
+            // The URL may name one object rather than a prefix. Not found (or a directory)
+            // means an empty dataset; a transient failure that persists is reported, not
+            // mistaken for one.
+            let head = crate::retry::with_retries(&prefix_url, || store.store.head(&store.prefix));
+            match head.await {
+                Ok(meta) => listed.push(meta),
+                Err(e) if crate::retry::is_transient(&e) => {
+                    return Err(store.error("read", &store.prefix, e));
+                }
+                Err(_) => {}
             }
         }
         if listed.is_empty() {
@@ -185,9 +197,7 @@ async fn read_footer(store: &StoreUrl, meta: object_store::ObjectMeta) -> Result
         let url = store.object_url(location);
         crate::retry::with_retries(&url, || async {
             let got = store.store.get_range(location, range.clone()).await?;
-            if got.len() as u64 != range.end - range.start {
-                return Err(crate::retry::truncated(got.len(), range.end - range.start));
-            }
+            crate::retry::check_lengths(std::slice::from_ref(&got), std::slice::from_ref(&range))?;
             Ok(got)
         })
         .await

@@ -185,15 +185,18 @@ impl ShardReader {
         let parts = crate::retry::with_retries(&entry.url, || async {
             let parts = store.get_ranges(&entry.path, &ranges).await?;
             // A body shorter than its range is a cut transfer: read it again.
-            for (p, r) in parts.iter().zip(&ranges) {
-                if p.len() as u64 != r.end - r.start {
-                    return Err(crate::retry::truncated(p.len(), r.end - r.start));
-                }
-            }
+            crate::retry::check_lengths(&parts, &ranges)?;
             Ok(parts)
         })
         .await
-        .map_err(|e| self.manifest.store.error("read", &entry.path, e))?;
+        .map_err(|e| {
+            let at = DataLocation {
+                object: entry.url.clone(),
+                row_group: Some(row_group),
+                ..Default::default()
+            };
+            self.manifest.store.read_error(at, e)
+        })?;
         Ok(FetchedRanges {
             len: entry.size,
             parts: ranges.iter().map(|r| r.start).zip(parts).collect(),

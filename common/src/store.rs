@@ -6,7 +6,7 @@
 //! `abfss://` (AZURE_*), `file://`, `memory://NAME/` (a process-wide in-memory store per NAME, for
 //! tests and single-process demos) and plain paths, which mean local files.
 
-use crate::error::{Error, Result};
+use crate::error::{DataLocation, Error, Result};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -101,12 +101,32 @@ impl StoreUrl {
     pub fn error(&self, op: &'static str, path: &Path, source: object_store::Error) -> Error {
         store_error(op, self.object_url(path), source)
     }
+
+    /// A failed read of part of an object (a row group's column chunks), located at `at`
+    /// (object URL, row group), with the same hints as [`store_error`].
+    pub fn read_error(&self, at: DataLocation, source: object_store::Error) -> Error {
+        Error::StoreRead {
+            location: Box::new(at),
+            hint: hint(&source),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Wraps a store error with the URL and a hint for credential and endpoint problems.
 pub fn store_error(op: &'static str, url: String, source: object_store::Error) -> Error {
+    Error::Store {
+        op,
+        url,
+        hint: hint(&source),
+        source: Box::new(source),
+    }
+}
+
+/// A hint for the usual causes of `source`: credentials, a missing bucket, the endpoint.
+fn hint(source: &object_store::Error) -> &'static str {
     let text = source.to_string();
-    let hint = if matches!(
+    if matches!(
         source,
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
     ) || [
@@ -126,12 +146,6 @@ pub fn store_error(op: &'static str, url: String, source: object_store::Error) -
         "\n  hint: the endpoint did not answer; check AWS_ENDPOINT_URL and the network"
     } else {
         ""
-    };
-    Error::Store {
-        op,
-        url,
-        source: Box::new(source),
-        hint,
     }
 }
 
