@@ -75,8 +75,9 @@ impl StoreUrl {
         };
         Ok(Self {
             url: parsed,
-            // Wrapped only when fault injection is on (tests).
-            store: crate::store_faults::wrap(store),
+            // Wrapped only when fault injection is on (tests); a bad FUNNEL_STORE_FAULTS fails
+            // here rather than let a fault test run without faults.
+            store: crate::store_faults::wrap(store).map_err(&bad)?,
             prefix,
         })
     }
