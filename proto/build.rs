@@ -8,6 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let fds = protox::compile(PROTOS, ["."])?;
+    // The same descriptors, encoded, for gRPC server reflection (`funnel_proto::ops`).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("funnel_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     // Both ends are Rust in this workspace: clients and servers are generated for every service.
     // `compile_fds` does not emit rerun-if-changed lines itself, hence the loop above.
     tonic_prost_build::configure()

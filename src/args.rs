@@ -118,6 +118,11 @@ pub struct CoordinatorArgs {
     /// Workers in the ring; overrides `cluster.workers`.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Address of the HTTP endpoint: the status page (`/`), `/healthz`, `/readyz`,
+    /// `/metrics` (Prometheus) and `/status` (JSON). Read-only and without the token: bind it
+    /// to the cluster network. Not served when absent.
+    #[arg(long, env = "FUNNEL_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// File holding the job token (else the FUNNEL_JOB_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -150,6 +155,10 @@ pub struct WorkerArgs {
     /// Name in logs (default: host and pid).
     #[arg(long)]
     pub name: Option<String>,
+    /// Address of the HTTP endpoint: `/healthz` and `/metrics` (Prometheus). Read-only and
+    /// without the token. Not served when absent.
+    #[arg(long, env = "FUNNEL_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Print progress as `progress {json}` lines on stdout, about once a second (rank 0 only;
     /// the local cluster launcher draws them as one progress bar).
     #[arg(long, hide = true)]

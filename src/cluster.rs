@@ -21,6 +21,9 @@ pub const TOKEN_ENV: &str = "FUNNEL_JOB_TOKEN";
 /// What the coordinator prints once it listens (the launcher reads the address from it).
 const LISTENING: &str = "coordinator listening on ";
 
+/// What the coordinator prints, before [`LISTENING`], when it serves HTTP.
+const HTTP_LISTENING: &str = "coordinator http on ";
+
 pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     let token = JobToken::load(a.token_file.as_deref(), TOKEN_ENV).map_err(anyhow::Error::msg)?;
     let security = security(token, &a.tls)?;
@@ -42,8 +45,17 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     let ctx = funnel_coordinator::prepare(job.spec, &origin, output).await?;
     let listener = funnel_coordinator::bind(a.listen).await?;
     let addr = listener.local_addr()?;
+    let http = match a.http_listen {
+        Some(h) => {
+            let l = funnel_common::telemetry::bind_http(h).await?;
+            let url = funnel_common::telemetry::http_url(l.local_addr()?);
+            println!("{HTTP_LISTENING}{url}");
+            Some(l)
+        }
+        None => None,
+    };
     println!("{LISTENING}{addr}");
-    let outcome = funnel_coordinator::serve(ctx, weighting, listener, &security).await?;
+    let outcome = funnel_coordinator::serve(ctx, weighting, listener, http, &security).await?;
     println!(
         "job done: {} epochs, {} steps; last checkpoint {}",
         outcome.epochs,
@@ -63,6 +75,7 @@ pub async fn run_worker(a: WorkerArgs) -> Result<()> {
         threads: a.threads,
         progress: !a.no_progress,
         progress_lines: a.progress_lines,
+        http_listen: a.http_listen,
         name: a.name.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{host}/{}", std::process::id())
@@ -166,7 +179,14 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
 
     let mut coordinator = Command::new(&exe);
     coordinator
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--workers"])
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--workers",
+        ])
         .arg(workers.to_string())
         .arg("--config")
         .arg(&a.config)
@@ -181,12 +201,18 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
         .spawn()
         .context("cannot start the coordinator")?;
     let mut out = BufReader::new(coordinator.stdout.take().context("coordinator stdout")?).lines();
+    let mut status_page = None;
     let addr = loop {
         match out.next_line().await? {
-            Some(l) => match l.strip_prefix(LISTENING) {
-                Some(addr) => break addr.to_string(),
-                None => println!("[coordinator] {l}"),
-            },
+            Some(l) => {
+                if let Some(url) = l.strip_prefix(HTTP_LISTENING) {
+                    status_page = Some(url.to_string());
+                }
+                match l.strip_prefix(LISTENING) {
+                    Some(addr) => break addr.to_string(),
+                    None => println!("[coordinator] {l}"),
+                }
+            }
             None => {
                 let status = coordinator.wait().await?;
                 // Its stderr says why; show it before failing.
@@ -204,6 +230,9 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
     let bar = job_bar(!a.no_progress);
     forward(&mut coordinator, "coordinator".into(), &bar);
     println!("local cluster: coordinator at {addr}, {workers} workers x {threads} compute threads");
+    if let Some(url) = &status_page {
+        println!("status page: {url}/ (metrics: {url}/metrics)");
+    }
 
     let mut children = Vec::new();
     for rank in 0..workers {

@@ -330,6 +330,12 @@ fn a_local_cluster_trains_to_the_quality_of_one_worker() {
         run.stdout
             .contains("all 3 workers and the coordinator exited cleanly")
     );
+    // The launcher serves the coordinator's HTTP endpoint and says where.
+    assert!(
+        run.stdout.contains("status page: http://127.0.0.1:"),
+        "{}",
+        run.stdout
+    );
     let (a, b) = (final_auc(&one), final_auc(&three));
     eprintln!("eval AUC, 1 worker {a:?}; 3 workers {b:?}");
     for (x, y) in a.iter().zip(&b) {

@@ -23,6 +23,7 @@
 //! - [`rng`]: the seedable PRNG behind gen-data and shuffles (stream fixed by this crate).
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
+//! - [`telemetry`]: the Prometheus text format and the operational HTTP server.
 //! - [`error`]: the crate's error type.
 //! - [`fault`]: SIGKILL on purpose, for fault-injection tests.
 
@@ -46,6 +47,7 @@ pub mod spec;
 pub mod store;
 pub mod store_faults;
 pub mod synth;
+pub mod telemetry;
 pub mod validate;
 pub mod weighting;
 

@@ -94,6 +94,17 @@ impl LeaseBook {
             .sum();
         queued + self.returned.len()
     }
+
+    /// Leases returned by dead workers and not handed out again yet.
+    pub fn returned(&self) -> usize {
+        self.returned.len()
+    }
+
+    /// Leases handed out to workers alive or dead (a returned lease handed out again counts
+    /// again).
+    pub fn handed_out(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
+    }
 }
 
 #[cfg(test)]

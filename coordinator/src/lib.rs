@@ -13,9 +13,13 @@
 //! - [`service`]: the `funnel.v1.Coordinator` gRPC service.
 //! - [`wire`]: conversions to and from `funnel.v1` messages.
 //! - [`server`]: preparing a job (listing the data once) and serving it to the end.
+//! - [`telemetry`]: what the coordinator measures for operators (steps, rows/s, losses,
+//!   all-reduce time and bytes, failures and recoveries, epoch records).
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` (Prometheus) and `/status` (JSON).
 //! - [`error`]: [`CoordinatorError`] and its conversion to gRPC `Status`.
 
 pub mod error;
+pub mod http;
 pub mod journal;
 pub mod leases;
 pub mod ledger;
@@ -24,6 +28,7 @@ pub mod plan;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 pub mod votes;
 pub mod wire;
 

@@ -14,12 +14,15 @@ use funnel_proto::tls::Security;
 use funnel_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, info_span};
+use tracing::{Instrument, info, info_span};
 
 use crate::error::CoordinatorError;
 use crate::journal;
 use crate::service::CoordinatorService;
 use crate::state::{JobContext, Shared};
+
+/// The gRPC service name health reports on.
+const COORDINATOR_SERVICE: &str = "funnel.v1.Coordinator";
 
 /// How a finished job ended.
 #[derive(Debug, Clone)]
@@ -133,16 +136,31 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener, CoordinatorError> {
         .map_err(|e| CoordinatorError::Server(format!("cannot listen on {listen}: {e}")))
 }
 
-/// Serves the job on `listener` until it completes or fails.
+/// Serves the job (see [`serve_job`]) with every line it logs, and every RPC handler's, in a
+/// span naming the job.
 pub async fn serve(
     ctx: JobContext,
     weighting: WeightingState,
     listener: TcpListener,
+    http: Option<TcpListener>,
+    security: &Security,
+) -> Result<JobOutcome, CoordinatorError> {
+    let span = info_span!("coordinator", job = %ctx.job.spec.name);
+    serve_job(ctx, weighting, listener, http, security)
+        .instrument(span)
+        .await
+}
+
+/// Serves the job on `listener` (gRPC: `funnel.v1.Coordinator`, health, reflection) and, with
+/// `http`, the operational HTTP endpoint ([`crate::http`]), until the job completes or fails.
+async fn serve_job(
+    ctx: JobContext,
+    weighting: WeightingState,
+    listener: TcpListener,
+    http: Option<TcpListener>,
     security: &Security,
 ) -> Result<JobOutcome, CoordinatorError> {
     let token = &security.token;
-    let span = info_span!("coordinator", job = %ctx.job.spec.name);
-    let _span = span.enter();
     let cluster = ctx.job.spec.cluster.clone();
     // A restart: the journal must describe this spec and this data; the epochs done come from
     // the latest checkpoint (the model's state, which the workers load).
@@ -183,43 +201,62 @@ pub async fn serve(
         token.checker("funnel.v1.Coordinator"),
     );
 
+    let (health, health_service) = funnel_proto::ops::health(&[COORDINATOR_SERVICE]).await;
+    let reflection = tonic::service::interceptor::InterceptedService::new(
+        funnel_proto::ops::reflection().map_err(CoordinatorError::Server)?,
+        token.checker("grpc.reflection.v1.ServerReflection"),
+    );
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = http.map(|listener| {
+        funnel_common::telemetry::serve_http(
+            listener,
+            crate::http::router(shared.clone()),
+            async move {
+                let _ = http_stopped.await;
+            },
+        )
+    });
+
     let watchdog = {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let every = Duration::from_millis(cluster.heartbeat_interval_ms.max(10) / 2 + 1);
-            loop {
-                tokio::time::sleep(every).await;
-                let dead: Vec<(String, String)> = {
-                    let st = shared.lock();
-                    if st.failed.is_some() || st.done {
-                        return;
+        tokio::spawn(
+            async move {
+                let every = Duration::from_millis(cluster.heartbeat_interval_ms.max(10) / 2 + 1);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let dead: Vec<(String, String)> = {
+                        let st = shared.lock();
+                        if st.failed.is_some() || st.done {
+                            return;
+                        }
+                        if st.membership.generation() == 0 {
+                            continue;
+                        }
+                        st.membership
+                            .expired(shared.now_ms(), cluster.heartbeat_timeout_ms)
+                            .iter()
+                            .map(|m| {
+                                let who = format!(
+                                    "{} (rank {}, {}, peer {})",
+                                    m.id, m.rank, m.name, m.peer_addr
+                                );
+                                (m.id.clone(), who)
+                            })
+                            .collect()
+                    };
+                    if !dead.is_empty() {
+                        let (ids, who): (Vec<String>, Vec<String>) = dead.into_iter().unzip();
+                        let reason = format!(
+                            "no heartbeat for {} ms from {}",
+                            cluster.heartbeat_timeout_ms,
+                            who.join(", ")
+                        );
+                        shared.remove_workers(&ids, &reason);
                     }
-                    if st.membership.generation() == 0 {
-                        continue;
-                    }
-                    st.membership
-                        .expired(shared.now_ms(), cluster.heartbeat_timeout_ms)
-                        .iter()
-                        .map(|m| {
-                            let who = format!(
-                                "{} (rank {}, {}, peer {})",
-                                m.id, m.rank, m.name, m.peer_addr
-                            );
-                            (m.id.clone(), who)
-                        })
-                        .collect()
-                };
-                if !dead.is_empty() {
-                    let (ids, who): (Vec<String>, Vec<String>) = dead.into_iter().unzip();
-                    let reason = format!(
-                        "no heartbeat for {} ms from {}",
-                        cluster.heartbeat_timeout_ms,
-                        who.join(", ")
-                    );
-                    shared.remove_workers(&ids, &reason);
                 }
             }
-        })
+            .instrument(tracing::Span::current()),
+        )
     };
 
     let mut changes = shared.subscribe();
@@ -243,7 +280,12 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let mut builder = tonic::transport::Server::builder();
+    let job_name = shared.ctx.job.spec.name.clone();
+    // Handlers run on tonic's tasks, outside the caller's span: each RPC gets its own, naming
+    // the job and the method (the handlers add worker, generation, epoch and step).
+    let mut builder = tonic::transport::Server::builder().trace_fn(
+        move |req| tracing::info_span!("rpc", job = %job_name, method = %req.uri().path()),
+    );
     if let Some(tls) = &security.tls {
         builder = builder
             .tls_config(tls.server().map_err(CoordinatorError::Server)?)
@@ -251,9 +293,18 @@ pub async fn serve(
     }
     let served = builder
         .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), finished)
         .await;
     watchdog.abort();
+    health
+        .set(funnel_proto::ops::ServingStatus::NotServing)
+        .await;
+    let _ = http_stop.send(());
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     served.map_err(|e| CoordinatorError::Server(e.to_string()))?;
     let st = shared.lock();
     if let Some(reason) = &st.failed {

@@ -17,6 +17,7 @@ use crate::leases::LeaseBook;
 use crate::ledger::{LeaseRows, Ledger};
 use crate::membership::{Member, Membership};
 use crate::plan::{PlannedLease, epoch_plan};
+use crate::telemetry::Telemetry;
 use crate::votes::RoundVotes;
 
 /// What a worker reports at the end of an epoch.
@@ -67,6 +68,8 @@ pub struct State {
     pub failed: Option<String>,
     /// Set when the last epoch completed.
     pub done: bool,
+    /// What operators see (`/metrics`, `/status`); nothing is decided from it.
+    pub telemetry: Telemetry,
 }
 
 /// The job as the coordinator serves it.
@@ -122,6 +125,7 @@ impl Shared {
             checkpoint: None,
             failed: None,
             done: false,
+            telemetry: Telemetry::default(),
         };
         Arc::new(Self {
             ctx,
@@ -232,6 +236,7 @@ impl Shared {
                 }
                 st.failures.push(format!("{} ({reason})", m.id));
             }
+            st.telemetry.failure(Instant::now());
             tracing::warn!(
                 removed = ?gone.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
                 reason,

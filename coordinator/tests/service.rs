@@ -65,6 +65,7 @@ async fn start(heartbeat_timeout_ms: u64) -> Running {
             ctx,
             weighting,
             listener,
+            None,
             &funnel_proto::tls::Security::plain(serve_token),
         )
         .await
@@ -244,6 +245,7 @@ fn vote(w: &str, step: u64, layout: u64, lease: u64, rows: &[u32]) -> pb::Commit
                 .into(),
         }],
         epoch_end: false,
+        stats: None,
     }
 }
 

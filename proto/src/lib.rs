@@ -11,8 +11,10 @@
 //!   attach), kept beside the protocol so the coordinator and the workers share one check.
 //! - [`tls`]: TLS and mutual TLS from PEM files for every connection, with the token as
 //!   [`tls::Security`].
+//! - [`ops`]: `grpc.health.v1` and server reflection, added to every server.
 
 pub mod auth;
+pub mod ops;
 pub mod tls;
 
 /// The protocol package version that every service carries.

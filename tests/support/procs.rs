@@ -199,3 +199,69 @@ pub fn assert_auc_close(want: &[f64], got: &[f64], tolerance: f64, what: &str) {
         );
     }
 }
+
+/// Waits until a line of `child`'s log starts with `prefix`; returns the rest of the line.
+pub fn wait_for_line(child: &mut Child, log: &Log, prefix: &str) -> String {
+    loop {
+        let found = log
+            .lock()
+            .expect("log")
+            .iter()
+            .find_map(|(_, l)| l.strip_prefix(prefix).map(str::to_string));
+        if let Some(rest) = found {
+            return rest;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!(
+                "process exited {s} before printing {prefix:?}:\n{}",
+                text(log)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A running job whose coordinator and workers serve their HTTP endpoints.
+pub struct HttpJob {
+    /// The coordinator process and its log.
+    pub coordinator: (Child, Log),
+    /// The coordinator's gRPC address (`127.0.0.1:port`) and HTTP URL (`http://...`).
+    pub grpc: String,
+    pub http: String,
+    /// Worker processes, their logs and HTTP URLs.
+    pub workers: Vec<(Child, Log, String)>,
+}
+
+/// Starts a coordinator for `spec` (output `out`) and `workers` workers, every process with
+/// `--http-listen 127.0.0.1:0`; `worker_args` go to every worker (e.g. `--log-format json`
+/// before the subcommand is not possible, so they are global flags placed first).
+pub fn start_http_job(spec: &str, out: &str, workers: usize, worker_args: &[&str]) -> HttpJob {
+    let http_env = [("FUNNEL_HTTP_LISTEN", "127.0.0.1:0".to_string())];
+    let (mut c, c_log, grpc) = start_coordinator(spec, out, "127.0.0.1:0", &http_env, None);
+    let http = wait_for_line(&mut c, &c_log, "coordinator http on ");
+    let url = format!("http://{grpc}");
+    let mut started = Vec::new();
+    for _ in 0..workers {
+        let mut args: Vec<&str> = worker_args.to_vec();
+        args.extend([
+            "worker",
+            "--coordinator",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ]);
+        // Info level: the tests read the epoch's checkpoint line.
+        let env = [http_env[0].clone(), ("RUST_LOG", "info".to_string())];
+        let (mut w, w_log) = spawn(&args, &env);
+        let w_http = wait_for_line(&mut w, &w_log, "worker http on ");
+        started.push((w, w_log, w_http));
+    }
+    HttpJob {
+        coordinator: (c, c_log),
+        grpc,
+        http,
+        workers: started,
+    }
+}

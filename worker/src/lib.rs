@@ -15,6 +15,7 @@
 //! - [`ring`]: ring all-reduce of the dense buffer and the sparse-gradient exchange, written once
 //!   against a small transport trait; an in-memory transport.
 //! - [`transport`]: the ring over gRPC (the `funnel.v1.Peer` service) with the job token.
+//! - [`telemetry`]: a worker's counters and its HTTP `/healthz` and `/metrics`.
 
 pub mod cluster;
 pub mod evaluate;
@@ -22,6 +23,7 @@ pub mod local;
 pub mod predict;
 pub mod ring;
 pub mod state;
+pub mod telemetry;
 pub mod threads;
 pub mod trainer;
 pub mod transport;

@@ -349,15 +349,25 @@ impl Coordinator for CoordinatorService {
             return not_committed(current, reason.clone());
         }
         match waited? {
-            None => Ok(Response::new(pb::CommitStepResponse {
-                committed: true,
-                generation,
-                reason: String::new(),
-            })),
-            Some(current) => not_committed(
-                current,
-                format!("the ring changed to generation {current} before every worker voted"),
-            ),
+            None => {
+                if !r.epoch_end {
+                    let mut st = self.shared.lock();
+                    st.telemetry
+                        .committed(step, r.stats.as_ref(), std::time::Instant::now());
+                }
+                Ok(Response::new(pb::CommitStepResponse {
+                    committed: true,
+                    generation,
+                    reason: String::new(),
+                }))
+            }
+            Some(current) => {
+                self.shared.lock().telemetry.redone();
+                not_committed(
+                    current,
+                    format!("the ring changed to generation {current} before every worker voted"),
+                )
+            }
         }
     }
 
@@ -453,10 +463,12 @@ impl Coordinator for CoordinatorService {
                 });
             }
         }
-        if let Some(j) = journal_entry
-            && let Err(e) = crate::journal::write(&self.shared.ctx.output, &j).await
-        {
-            self.shared.fail(format!("epoch {epoch}: journal: {e}"));
+        if let Some(j) = journal_entry {
+            if let Err(e) = crate::journal::write(&self.shared.ctx.output, &j).await {
+                self.shared.fail(format!("epoch {epoch}: journal: {e}"));
+            }
+            // Rank 0 wrote the epoch's record before reporting; the status page shows it.
+            tokio::spawn(support::refresh_epoch_records(self.shared.clone()));
         }
         if let Some(rows) = audit {
             // Written before anyone is told the epoch completed, so a finished job has it.

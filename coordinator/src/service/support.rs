@@ -1,11 +1,14 @@
 //! What the RPC handlers share: who is calling (a live, unfenced member), the rows a commit
 //! vote reports (checked against the plans), the audit record of committed rows, admitting a
-//! worker into a running job, and the coordinator's kill hook for fault tests.
+//! worker into a running job, the coordinator's kill hook for fault tests, and refreshing the
+//! status page's epoch records.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use funnel_common::audit::AuditRow;
 use funnel_proto::v1 as pb;
+use object_store::ObjectStoreExt as _;
 use tonic::{Response, Status};
 use tracing::warn;
 
@@ -13,7 +16,7 @@ use super::CoordinatorService;
 use crate::error::CoordinatorError;
 use crate::ledger::LeaseRows;
 use crate::membership::Member;
-use crate::state::State;
+use crate::state::{Shared, State};
 use crate::wire;
 
 impl CoordinatorService {
@@ -186,5 +189,29 @@ pub(super) fn failed(st: &State) -> Result<(), CoordinatorError> {
     match &st.failed {
         Some(r) => Err(CoordinatorError::JobFailed(r.clone())),
         None => Ok(()),
+    }
+}
+
+/// Reads `<output>/metrics.jsonl` into the telemetry's epoch records (the status page's
+/// curves). A failed read only costs the page its curves until the next epoch: logged.
+pub(super) async fn refresh_epoch_records(shared: Arc<Shared>) {
+    let output = shared.ctx.output.clone();
+    let read = async {
+        let out = funnel_common::store::StoreUrl::open(&output, "output")?;
+        let path = out.child("metrics.jsonl");
+        let got = out
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| out.error("read", &path, e))?;
+        let bytes = got.bytes().await.map_err(|e| out.error("read", &path, e))?;
+        Ok::<_, funnel_common::Error>(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match read.await {
+        Ok(text) => {
+            let records = crate::telemetry::parse_metrics_jsonl(&text);
+            shared.lock().telemetry.epochs = records;
+        }
+        Err(e) => warn!(error = %e, "metrics.jsonl not read for the status page"),
     }
 }

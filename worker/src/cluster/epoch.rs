@@ -49,6 +49,8 @@ pub struct ClusterContext {
     pub progress: bool,
     /// `progress {json}` lines on stdout (printed by rank 0).
     pub progress_lines: bool,
+    /// Counters for the worker's `/metrics`.
+    pub telemetry: Arc<crate::telemetry::WorkerTelemetry>,
 }
 
 /// Trains the remaining epochs; returns what rank 0 would report.
@@ -65,7 +67,7 @@ pub fn train_epochs(
     let mut epochs_run = 0;
     while state.epochs_done < epochs {
         let epoch = state.epochs_done;
-        let _span = info_span!("epoch", epoch).entered();
+        let _span = info_span!("epoch", epoch, generation = ctx.ring.generation).entered();
         let trained = train_epoch(
             &mut trainer,
             &mut state,
@@ -74,6 +76,8 @@ pub fn train_epochs(
             runtime,
         )?;
         state.epochs_done += 1;
+        let done = state.epochs_done;
+        ctx.telemetry.update(|c| c.epoch = done);
         // The next epoch's weights by the job's rule, from numbers every rank shares; the
         // coordinator computes the same and its answer is checked against this below.
         let weights_in_force = trainer.weights().to_vec();

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use funnel_common::columns::DecodePlan;
 use funnel_common::reader::ShardReader;
+use funnel_common::telemetry::rate_limit::RateLimit;
 use funnel_proto::tls::Security;
 use funnel_proto::v1 as pb;
 use tokio::runtime::Handle;
@@ -36,6 +37,7 @@ use tracing::{info, info_span, warn};
 use crate::WorkerError;
 use crate::local::{RunSummary, start_state};
 use crate::ring::RingConfig;
+use crate::telemetry::WorkerTelemetry;
 use crate::transport::PeerNode;
 use generation::RingSession;
 use tokio::sync::watch;
@@ -59,6 +61,8 @@ pub struct WorkerOptions {
     pub progress_lines: bool,
     /// A name for logs (host and pid by default).
     pub name: String,
+    /// Where the HTTP `/healthz` and `/metrics` listen (none: not served).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Runs one worker to the end of the job, on this thread; `runtime` runs the I/O.
@@ -68,11 +72,23 @@ pub struct WorkerOptions {
 /// coordinator: the rows consumed after that checkpoint are replayed together with the model's
 /// rollback, so exactly-once holds for the model's state (DESIGN §6).
 pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
+    let telemetry = Arc::new(WorkerTelemetry::default());
+    if let Some(addr) = opts.http_listen {
+        let bound = runtime
+            .block_on(crate::telemetry::start_http(addr, telemetry.clone()))
+            .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        println!(
+            "{}{}",
+            crate::telemetry::HTTP_LISTENING,
+            funnel_common::telemetry::http_url(bound)
+        );
+    }
     let mut restarts = 0u32;
     loop {
-        match run_session(opts, runtime) {
+        match run_session(opts, &telemetry, runtime) {
             Err(WorkerError::CoordinatorLost(why)) => {
                 restarts += 1;
+                telemetry.update(|c| c.coordinator_restarts += 1);
                 warn!(restarts, cause = %why, "coordinator lost; reconnecting to resume from the latest checkpoint");
             }
             other => return other,
@@ -81,7 +97,11 @@ pub fn run_worker(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, 
 }
 
 /// One registration with one coordinator run: to the end of the job, or until it is lost.
-fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, WorkerError> {
+fn run_session(
+    opts: &WorkerOptions,
+    telemetry: &Arc<WorkerTelemetry>,
+    runtime: &Handle,
+) -> Result<RunSummary, WorkerError> {
     let mut client = runtime.block_on(coordinator::connect(
         &opts.coordinator,
         &opts.security,
@@ -89,7 +109,12 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
     ))?;
     let served = runtime.block_on(coordinator::fetch_job(&mut client, &opts.coordinator))?;
     let job = served.job.clone();
-    let span = info_span!("worker", job = %job.spec.name, name = %opts.name);
+    let span = info_span!(
+        "worker",
+        job = %job.spec.name,
+        name = %opts.name,
+        worker = tracing::field::Empty
+    );
     let _span = span.enter();
     let threads = if opts.threads > 0 {
         opts.threads
@@ -136,6 +161,11 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         .map_err(|s| coordinator::refused("Register", s))?
         .into_inner();
     info!(worker = %reg.worker_id, rank = reg.rank, ranks = reg.ring.len(), generation = reg.generation, peer = %peer_addr, "joined the ring");
+    span.record("worker", reg.worker_id.as_str());
+    telemetry.update(|c| {
+        c.worker_id.clone_from(&reg.worker_id);
+        c.tasks = job.funnel.targets().map(|(_, s)| s.name.clone()).collect();
+    });
     let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(10));
     let (joined_mid_job, donor_rank) = (reg.joined_mid_job, reg.donor_rank as usize);
     let ring = RingSession::new(
@@ -191,6 +221,7 @@ fn run_session(opts: &WorkerOptions, runtime: &Handle) -> Result<RunSummary, Wor
         output: served.output.clone(),
         progress: opts.progress,
         progress_lines: opts.progress_lines,
+        telemetry: telemetry.clone(),
     };
     let result = epoch::train_epochs(trainer, state, ctx, joined_with, runtime);
     heartbeat.abort();
@@ -208,6 +239,8 @@ async fn heartbeats(
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
+    // A coordinator that is down fails every heartbeat: one line per 5 s, with the count.
+    let mut failures = RateLimit::new(Duration::from_secs(5));
     loop {
         tick.tick().await;
         let generation = *news.borrow();
@@ -233,7 +266,11 @@ async fn heartbeats(
                     newer
                 });
             }
-            Err(s) => warn!(status = %s.message(), "heartbeat failed"),
+            Err(s) => {
+                if let Some(suppressed) = failures.check(std::time::Instant::now()) {
+                    warn!(status = %s.message(), suppressed, "heartbeat failed");
+                }
+            }
         }
     }
 }

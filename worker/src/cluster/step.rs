@@ -107,12 +107,18 @@ pub(crate) fn train_epoch(
             )?,
         };
         let step = state.step + 1;
+        // Every line logged while this step runs carries its number and generation.
+        let _step_span =
+            tracing::info_span!("step", step, generation = ctx.ring.generation).entered();
         faults::point(step, Phase::Read);
         let sampled = trainer.samples_stats(step);
+        let compute_started = Instant::now();
         let local = match &input {
             Some((b, _)) => Some(trainer.compute_with(b, sampled)?),
             None => None,
         };
+        let compute_seconds = compute_started.elapsed().as_secs_f64();
+        let local_rows = input.as_ref().map_or(0, |(b, _)| b.rows as u64);
         faults::point(step, Phase::Compute);
         if let Some(g) = &local
             && !g.loss.is_finite()
@@ -139,6 +145,7 @@ pub(crate) fn train_epoch(
             })
             .unwrap_or_default();
         let buf = pack(local.as_ref(), dense_len, tasks);
+        let dense_total = buf.len();
         let sparse = scale_sparse(local.as_ref(), &dims);
         let done = runtime.block_on(async {
             let tag = StepTag {
@@ -193,7 +200,15 @@ pub(crate) fn train_epoch(
                 };
                 Ok((reduced, merged))
             };
+            let exchange_started = Instant::now();
             let (reduced, merged) = guard(news, tag.generation, exchange).await?;
+            let stats = pb::StepStats {
+                rows: local_rows,
+                task_losses: reduced.task_losses.clone(),
+                compute_seconds,
+                allreduce_seconds: exchange_started.elapsed().as_secs_f64(),
+                allreduce_bytes: crate::ring::bytes_sent(dense_total, cfg.size, cfg.rank),
+            };
             faults::point(step, Phase::Vote);
             let vote = ctx
                 .client
@@ -204,6 +219,7 @@ pub(crate) fn train_epoch(
                     layout_hash: ctx.layout_hash,
                     rows,
                     epoch_end: reduced.rows == 0,
+                    stats: Some(stats.clone()),
                 })
                 .await
                 .map_err(|s| refused("CommitStep", s));
@@ -215,13 +231,14 @@ pub(crate) fn train_epoch(
                 return Err(Interrupt::NotCommitted(vote.reason));
             }
             faults::point(step, Phase::Commit);
-            Ok(Ok((reduced, buf, merged)))
+            Ok(Ok((reduced, buf, merged, stats)))
         });
-        let (reduced, buf, mut merged) = match done {
+        let (reduced, buf, mut merged, stats) = match done {
             Ok(r) => r?,
             Err(cause) => {
                 // Nothing was applied anywhere: rejoin, then redo this step with this batch.
                 carry = input;
+                ctx.telemetry.update(|c| c.steps_redone += 1);
                 if let Interrupt::Ring(e) = &cause {
                     runtime.block_on(ctx.ring.report_peer(&mut ctx.client, e))?;
                 }
@@ -254,6 +271,18 @@ pub(crate) fn train_epoch(
             }
         }
         state.step = step;
+        ctx.telemetry.update(|c| {
+            c.generation = ctx.ring.generation;
+            c.rank = ctx.ring.config.rank;
+            c.ranks = ctx.ring.config.size;
+            c.step = step;
+            c.steps += 1;
+            c.rows += stats.rows;
+            c.compute_seconds += stats.compute_seconds;
+            c.allreduce_seconds += stats.allreduce_seconds;
+            c.allreduce_bytes += stats.allreduce_bytes;
+            c.task_losses.clone_from(&stats.task_losses);
+        });
         out.steps += 1;
         out.rows += reduced.rows;
         out.loss_sum += reduced.loss * reduced.rows as f64;

@@ -156,6 +156,19 @@ pub fn segments(len: usize, n: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// The f32 payload bytes rank `rank` of `n` sends in one all-reduce of `len` values: every
+/// segment twice (reduce-scatter, all-gather) except the one it finishes reducing,
+/// `(rank + 1) mod n`, in reduce-scatter, and `(rank + 2) mod n`, which it receives last, in
+/// all-gather (see `allreduce.rs` for the schedule).
+pub fn bytes_sent(len: usize, n: usize, rank: usize) -> u64 {
+    if n < 2 {
+        return 0;
+    }
+    let segs = segments(len, n);
+    let values = 2 * len - segs[(rank + 1) % n].len() - segs[(rank + 2) % n].len();
+    4 * values as u64
+}
+
 /// The chunks of one segment: at most `chunk_len` values each; an empty segment has none.
 pub fn chunks(seg: Range<usize>, chunk_len: usize) -> impl Iterator<Item = Range<usize>> {
     seg.clone()
@@ -280,6 +293,25 @@ pub(crate) async fn recv_timed<M, R: RingRecv<M>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_sent_sums_to_the_ring_volume_and_is_len_for_two_ranks() {
+        // All ranks together send 2 (n - 1) x len values: nccl-tests' bus volume.
+        for n in 2..=5 {
+            for len in [0, 1, 7, 10, 1001] {
+                let total: u64 = (0..n).map(|r| bytes_sent(len, n, r)).sum();
+                assert_eq!(
+                    total,
+                    4 * (2 * (n as u64 - 1) * len as u64),
+                    "n {n} len {len}"
+                );
+            }
+        }
+        assert_eq!(bytes_sent(10, 2, 0), 40);
+        // n 4, len 10: segments 3, 3, 2, 2; rank 0 skips segment 1 once and segment 2 once.
+        assert_eq!(bytes_sent(10, 4, 0), 4 * (20 - 3 - 2));
+        assert_eq!(bytes_sent(10, 1, 0), 0);
+    }
 
     #[test]
     fn segments_cover_every_length_once() {

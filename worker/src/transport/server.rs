@@ -62,6 +62,15 @@ type Published = Arc<tokio::sync::watch::Sender<Option<(u64, bytes::Bytes)>>>;
 /// it enters the generation, after its in-flight step is interrupted).
 const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Logging of refused peer streams, process-wide.
+static REFUSED_STREAMS: std::sync::LazyLock<
+    std::sync::Mutex<funnel_common::telemetry::rate_limit::RateLimit>,
+> = std::sync::LazyLock::new(|| {
+    std::sync::Mutex::new(funnel_common::telemetry::rate_limit::RateLimit::new(
+        std::time::Duration::from_secs(5),
+    ))
+});
+
 /// Bytes per `StateChunk`.
 const STATE_CHUNK: usize = 4 << 20;
 
@@ -71,6 +80,8 @@ pub struct PeerNode {
     inbox: Shared,
     opened: Opened,
     state: Published,
+    /// Keeps `grpc.health.v1` answering SERVING while the node lives.
+    _health: funnel_proto::ops::Health,
     _stop: oneshot::Sender<()>,
 }
 
@@ -98,6 +109,11 @@ impl PeerNode {
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let service = tonic_interceptor(service, token);
+        let (health, health_service) = funnel_proto::ops::health(&["funnel.v1.Peer"]).await;
+        let reflection = tonic::service::interceptor::InterceptedService::new(
+            funnel_proto::ops::reflection().map_err(std::io::Error::other)?,
+            token.checker("grpc.reflection.v1.ServerReflection"),
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         // Nagle off on accepted sockets (tonic's `tcp_nodelay` does not reach an incoming we
         // build): with it on, the server's small WINDOW_UPDATE frames waited for the sender's
@@ -106,6 +122,8 @@ impl PeerNode {
         tokio::spawn(async move {
             let served = builder
                 .add_service(service)
+                .add_service(health_service)
+                .add_service(reflection)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -119,6 +137,7 @@ impl PeerNode {
             inbox,
             opened,
             state,
+            _health: health,
             _stop: stop,
         })
     }
@@ -321,7 +340,18 @@ async fn forward<M: Wire, A>(
     let (tx, left) = match route {
         Ok(route) => route,
         Err(status) => {
-            tracing::warn!(reason = status.message(), "refused a peer stream");
+            // A misbehaving peer may retry without end: one line per 5 s, with the count.
+            let log = REFUSED_STREAMS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(std::time::Instant::now());
+            if let Some(suppressed) = log {
+                tracing::warn!(
+                    reason = status.message(),
+                    suppressed,
+                    "refused a peer stream"
+                );
+            }
             let _ = resp.send(Err(status)).await;
             return;
         }
