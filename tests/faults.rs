@@ -2,7 +2,7 @@
 //! binary on 127.0.0.1 ephemeral ports are killed 5 times at seeded (step, phase) points
 //! (`FUNNEL_FAULT_KILL`: the worker SIGKILLs itself there); each death starts a replacement
 //! process that joins the running job. The job must complete, `funnel audit` must prove every
-//! row of every epoch counted exactly once, and the final eval AUC must be within 0.01 of the
+//! row of every epoch counted exactly once, and the final eval AUC must be within 0.005 of the
 //! same job without faults.
 //!
 //! A second test is the fault matrix: one job per phase of a step (and the epoch barrier), the
@@ -192,14 +192,13 @@ fn four_workers_killed_five_times_with_replacements_complete_and_every_row_count
     assert_eq!(joined, 5, "every replacement joined with the ring's state");
 
     audit_passes(&out);
-    // The issue asks 0.005. After failures the rows reach the model in another order (which
-    // survivor reads a returned lease depends on timing), and on this data the rarest target
-    // (pay) moved by 0.0025, 0.0037 and 0.0077 across three runs: 0.005 is not met reliably,
-    // so the test asserts 0.01 and the notes say so.
+    // Each step's rows do not depend on who is alive (data slots, funnel_common::slots), so
+    // the faulty run trains on the same global batches as the clean one; only the order of
+    // float sums differs (other ring sizes). Measured: differences of 0 to 3e-8.
     assert_auc_close(
         &final_auc(&clean),
         &final_auc(&faulty),
-        0.01,
+        0.005,
         "killed 5 times",
     );
 }

@@ -24,6 +24,7 @@
 //! - [`validate`]: `funnel validate`: manifests, schema checks and a full decode scan.
 //! - [`weighting`]: task-loss weighting rules (GradNorm, DWA, UWL) and their state.
 //! - [`telemetry`]: the Prometheus text format and the operational HTTP server.
+//! - [`slots`]: which member reads which data slot of an epoch, through deaths and joins.
 //! - [`error`]: the crate's error type.
 //! - [`fault`]: SIGKILL on purpose, for fault-injection tests.
 
@@ -43,6 +44,7 @@ pub mod pipeline;
 pub mod reader;
 pub mod retry;
 pub mod rng;
+pub mod slots;
 pub mod spec;
 pub mod store;
 pub mod store_faults;

@@ -81,18 +81,13 @@ fn task_names(shared: &Shared) -> Vec<String> {
         .collect()
 }
 
-/// Lease counts of the epoch in progress: planned, handed out, returned and waiting,
-/// not handed out yet.
+/// Lease counts of the epoch in progress: planned, handed out, handed out again (a slot
+/// re-read after its reader died), not handed out yet.
 fn lease_counts(shared: &Shared, st: &mut State) -> (usize, usize, usize, usize) {
     let epoch = st.epoch;
     let planned = shared.plan(st, epoch).len();
     let book = shared.book(st, epoch);
-    (
-        planned,
-        book.handed_out(),
-        book.returned(),
-        book.unassigned(),
-    )
+    (planned, book.handed_out(), book.reread(), book.unassigned())
 }
 
 /// Rows committed in the epoch in progress, and rows in its plan.
@@ -107,7 +102,7 @@ fn epoch_rows(shared: &Shared, st: &State) -> (u64, u64) {
 /// `/metrics`.
 pub fn prometheus(shared: &Shared, st: &mut State, now: Instant) -> String {
     let names = task_names(shared);
-    let (planned, handed_out, returned, unassigned) = lease_counts(shared, st);
+    let (planned, handed_out, reread, unassigned) = lease_counts(shared, st);
     let (rows_done, rows_planned) = epoch_rows(shared, st);
     let t = &st.telemetry;
     let mut e = Exposition::new();
@@ -216,11 +211,11 @@ pub fn prometheus(shared: &Shared, st: &mut State, now: Instant) -> String {
     .family(
         "funnel_leases",
         Kind::Gauge,
-        "Leases of the epoch in progress by state.",
+        "Leases of the epoch in progress: planned, handed_out, reread (handed out again after a death), unassigned.",
         [
             (vec![("state", "planned")], planned as f64),
             (vec![("state", "handed_out")], handed_out as f64),
-            (vec![("state", "returned")], returned as f64),
+            (vec![("state", "reread")], reread as f64),
             (vec![("state", "unassigned")], unassigned as f64),
         ],
     )
@@ -275,7 +270,7 @@ fn per_target(record: &Value, key: &str) -> Value {
 /// `/status`.
 pub fn status_json(shared: &Shared, st: &mut State, now: Instant) -> Value {
     let names = task_names(shared);
-    let (planned, handed_out, returned, unassigned) = lease_counts(shared, st);
+    let (planned, handed_out, reread, unassigned) = lease_counts(shared, st);
     let (rows_done, rows_planned) = epoch_rows(shared, st);
     let now_ms = shared.now_ms();
     let t = &st.telemetry;
@@ -335,7 +330,7 @@ pub fn status_json(shared: &Shared, st: &mut State, now: Instant) -> Value {
         "leases": {
             "planned": planned,
             "handed_out": handed_out,
-            "returned": returned,
+            "reread": reread,
             "unassigned": unassigned,
         },
         "compute_seconds": t.compute_seconds,

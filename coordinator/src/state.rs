@@ -2,7 +2,7 @@
 //! bumps a version on a `watch` channel, so a long-polling call (register until the ring forms,
 //! a step vote, the epoch barrier) rechecks its condition after each change without racing it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,6 @@ pub struct State {
     pub plans: HashMap<u32, Arc<Vec<PlannedLease>>>,
     /// Who holds which lease, per epoch.
     pub books: HashMap<u32, LeaseBook>,
-    /// Slots whose worker died (their lease queues are served to the others).
-    pub dead_slots: BTreeSet<usize>,
     /// Audit rows of committed steps per epoch, until the epoch's file is written
     /// (`cluster.audit`).
     pub audit: BTreeMap<u32, Vec<AuditRow>>,
@@ -116,7 +114,6 @@ impl Shared {
             ledger: Ledger::default(),
             plans: HashMap::new(),
             books: HashMap::new(),
-            dead_slots: BTreeSet::new(),
             audit: BTreeMap::new(),
             failures: Vec::new(),
             at_barrier: false,
@@ -218,22 +215,6 @@ impl Shared {
             let step = st.steps.abort_open(members);
             let epoch = st.epochs.abort_open(members);
             for m in &gone {
-                st.dead_slots.insert(m.slot);
-                let State {
-                    books,
-                    plans,
-                    ledger,
-                    ..
-                } = &mut *st;
-                for (e, book) in books.iter_mut() {
-                    let Some(plan) = plans.get(e) else { continue };
-                    let back = book.release(&m.id, m.slot, |i| {
-                        ledger.consumed(plan[i].id).is_some_and(|r| r.is_full())
-                    });
-                    if !back.is_empty() {
-                        tracing::info!(worker = %m.id, epoch = e, leases = ?back, "leases returned");
-                    }
-                }
                 st.failures.push(format!("{} ({reason})", m.id));
             }
             st.telemetry.failure(Instant::now());
@@ -261,12 +242,9 @@ impl Shared {
     pub fn book<'a>(&self, st: &'a mut State, epoch: u32) -> &'a mut LeaseBook {
         let plan_len = self.plan(st, epoch).len();
         let slots = st.membership.expected();
-        let State {
-            books, dead_slots, ..
-        } = st;
-        books
+        st.books
             .entry(epoch)
-            .or_insert_with(|| LeaseBook::new(slots, plan_len, dead_slots))
+            .or_insert_with(|| LeaseBook::new(slots, plan_len))
     }
 
     /// The plan of `epoch` (computed once).

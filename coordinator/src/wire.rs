@@ -33,6 +33,7 @@ pub fn ring(members: &[Member], generation: u64) -> Vec<pb::RingMember> {
             worker_id: m.id.clone(),
             peer_addr: m.peer_addr.clone(),
             joining: m.joined_in == generation,
+            slot: m.slot as u32,
         })
         .collect()
 }

@@ -164,8 +164,8 @@ async fn refusals_ring_leases_and_the_step_vote() {
     ranks.sort_unstable();
     assert_eq!(ranks, [0, 1]);
 
-    // A vote of a stale generation is not committed; leases alternate between the ranks in
-    // plan order.
+    // A vote of a stale generation is not committed; each data slot (a rank's, without
+    // failures) reads every second lease of the plan.
     let mut stale = vote(&a.worker_id, 1, 7, 0, &[0]);
     stale.generation = 0;
     let r = c.commit_step(stale).await.expect("answered").into_inner();
@@ -173,12 +173,14 @@ async fn refusals_ring_leases_and_the_step_vote() {
     assert!(r.reason.contains("generation 1"), "{}", r.reason);
     let mut seen = Vec::new();
     for who in [&a, &b] {
-        loop {
+        for index in 0.. {
             let r = c
                 .next_lease(pb::NextLeaseRequest {
                     worker_id: who.worker_id.clone(),
                     generation: 1,
                     epoch: 0,
+                    slot: who.rank,
+                    index,
                 })
                 .await
                 .expect("lease")
@@ -250,7 +252,7 @@ fn vote(w: &str, step: u64, layout: u64, lease: u64, rows: &[u32]) -> pb::Commit
 }
 
 #[tokio::test]
-async fn a_silent_worker_is_fenced_and_its_leases_go_to_the_survivor() {
+async fn a_silent_worker_is_fenced_and_the_survivor_reads_its_data_slot() {
     let run = start(300).await;
     let mut c = client(&run.url, &run.token).await;
     let hash = c
@@ -268,18 +270,20 @@ async fn a_silent_worker_is_fenced_and_its_leases_go_to_the_survivor() {
         .expect("joins")
         .into_inner();
     let a = first.await.expect("task").expect("joins").into_inner();
-    let lease = |w: &str| pb::NextLeaseRequest {
+    let lease = |w: &str, slot: u32, index: u32| pb::NextLeaseRequest {
         worker_id: w.into(),
         generation: 1,
         epoch: 0,
+        slot,
+        index,
     };
     let la = c
-        .next_lease(lease(&a.worker_id))
+        .next_lease(lease(&a.worker_id, a.rank, 0))
         .await
         .expect("lease")
         .into_inner();
     let lb = c
-        .next_lease(lease(&b.worker_id))
+        .next_lease(lease(&b.worker_id, b.rank, 0))
         .await
         .expect("lease")
         .into_inner();
@@ -349,11 +353,12 @@ async fn a_silent_worker_is_fenced_and_its_leases_go_to_the_survivor() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("no heartbeat"), "{}", err.message());
 
-    // a reads its own queue, then b's lease 1 without the rows committed, then b's queue.
+    // a now also reads b's data slot, from the start of its queue: lease 1 comes with the rows
+    // b committed, then the rest of b's queue.
     let mut order = Vec::new();
-    loop {
+    for index in 0.. {
         let r = c
-            .next_lease(lease(&a.worker_id))
+            .next_lease(lease(&a.worker_id, b.rank, index))
             .await
             .expect("lease")
             .into_inner();
@@ -366,11 +371,21 @@ async fn a_silent_worker_is_fenced_and_its_leases_go_to_the_survivor() {
                         .is_some_and(|b| b >> (i % 8) & 1 == 1)
                 })
                 .collect();
-            assert_eq!(set, [5, 70], "the committed rows of the returned lease");
+            assert_eq!(set, [5, 70], "the committed rows of b's first lease");
         }
         order.push(l.lease_id);
     }
-    assert_eq!(order, [2, 4, 6, 1, 3, 5, 7]);
+    assert_eq!(order, [1, 3, 5, 7]);
+    // A data slot the job does not have is refused.
+    let err = c
+        .next_lease(lease(&a.worker_id, 2, 0))
+        .await
+        .expect_err("slot 2 of 2");
+    assert!(
+        err.message().contains("data slot 2 of 2"),
+        "{}",
+        err.message()
+    );
     let status = c.job_status(pb::JobStatusRequest {}).await.expect("status");
     assert_eq!(status.get_ref().generation, 2);
     beat.abort();

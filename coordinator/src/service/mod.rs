@@ -197,7 +197,21 @@ impl Coordinator for CoordinatorService {
         }
         let plan = self.shared.plan(&mut st, r.epoch);
         let generation = st.membership.generation();
-        let Some(index) = self.shared.book(&mut st, r.epoch).next(&me.id, me.slot) else {
+        // Whoever serves the slot may ask, any number of times: the ledger refuses a row
+        // committed twice, whoever sends it.
+        let slots = st.membership.expected();
+        if r.slot as usize >= slots {
+            return Err(CoordinatorError::Invalid(format!(
+                "NextLease of {}: data slot {} of {slots}",
+                me.id, r.slot
+            ))
+            .into());
+        }
+        let lease = self
+            .shared
+            .book(&mut st, r.epoch)
+            .lease(r.slot as usize, r.index as usize);
+        let Some(index) = lease else {
             return Ok(Response::new(pb::NextLeaseResponse {
                 lease: None,
                 epoch_done: true,
@@ -211,7 +225,7 @@ impl Coordinator for CoordinatorService {
             .map(|c| c.to_le_bytes())
             .unwrap_or_default();
         if !consumed.is_empty() {
-            info!(worker = %me.id, lease = lease.id, committed = st.ledger.cursor(lease.id), "returned lease handed out");
+            info!(worker = %me.id, slot = r.slot, lease = lease.id, committed = st.ledger.cursor(lease.id), "a lease with committed rows handed out again");
         }
         let expires = self.shared.now_ms() + self.cluster().heartbeat_timeout_ms;
         Ok(Response::new(pb::NextLeaseResponse {

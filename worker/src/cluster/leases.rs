@@ -1,12 +1,14 @@
-//! A worker's data for one epoch: leases pulled from the coordinator one at a time, their row
-//! groups streamed and decoded off the training thread, shuffled in a bounded buffer and cut
-//! into this rank's share of the global batch. Each batch comes with the rows it consumed per
-//! lease, which ride the step's commit vote into the ledger.
+//! The reader of one data slot of an epoch (see `funnel_common::slots`): the slot's leases
+//! asked from the coordinator in queue order, their row groups streamed and decoded off the
+//! training thread, shuffled in a buffer seeded by (epoch, slot) and cut into the slot's share
+//! of the global batch. Each batch comes with the lease of each row, which the step's commit
+//! vote reports to the ledger.
 //!
-//! When the coordinator has no lease for it, the reader says so ([`LeaseItem::Idle`]) and waits
-//! for a newer ring generation: a worker that dies hands its unfinished leases back, and the
-//! generation changes at that moment, so an idle reader asks again then. A returned lease comes
-//! with the bitmap of its committed rows, which the reader drops.
+//! The stream is the same whoever reads the slot and whenever: a member that takes over the
+//! slot of a dead one reads its queue from the start and drops, from each batch, the rows the
+//! ledger already holds (every lease comes with its committed-rows bitmap). Rows are dropped
+//! after shuffling, not before, so the batches that remain are exactly those the dead member
+//! would have produced next.
 
 use std::collections::HashMap;
 
@@ -17,48 +19,33 @@ use funnel_common::reader::ShardReader;
 use funnel_common::rng::SplitMix64;
 use funnel_proto::v1 as pb;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::coordinator::{Client, refused};
 use crate::WorkerError;
 
-/// What the training thread receives.
+/// What a slot's reader sends the training thread.
 #[derive(Debug)]
-pub enum LeaseItem {
+pub enum SlotItem {
     /// A batch and the lease of each of its rows.
     Batch(Batch, Vec<u64>),
-    /// No lease left for this worker in the coordinator's generation `generation` (decode
-    /// statistics so far). More may come once the generation is newer.
-    Idle {
-        /// The generation the coordinator answered in.
-        generation: u64,
-        /// Decode statistics of the epoch so far.
-        stats: DecodeStats,
-    },
+    /// The slot's queue is done (decode statistics of this reader).
+    End(DecodeStats),
     /// Reading failed.
     Failed(WorkerError),
 }
 
-/// Rows per step of `rank` when `ranks` workers share a global batch of `global` rows: the
-/// first `global % ranks` ranks take one row more.
-pub fn rank_batch_size(global: usize, ranks: usize, rank: usize) -> usize {
-    let ranks = ranks.max(1);
-    global / ranks + usize::from(rank < global % ranks)
-}
-
-/// Who reads, and how.
+/// Who reads one data slot, and how.
 #[derive(Debug, Clone)]
-pub struct LeaseReader {
+pub struct SlotReader {
     /// The coordinator.
     pub client: Client,
     /// This worker's id.
     pub worker_id: String,
-    /// The newest ring generation this worker knows of.
-    pub generation: watch::Receiver<u64>,
-    /// This rank and the ring size.
-    pub rank: usize,
-    /// Ring size.
-    pub ranks: usize,
+    /// The data slot, and how many the job has (`cluster.workers`).
+    pub slot: usize,
+    /// Data slots of the job.
+    pub slots: usize,
     /// The training data.
     pub reader: ShardReader,
     /// Global batch size.
@@ -71,69 +58,59 @@ pub struct LeaseReader {
     pub prefetch: usize,
 }
 
-impl LeaseReader {
-    /// Starts reading `epoch` on the current runtime.
-    pub fn spawn(self, epoch: u32) -> mpsc::Receiver<LeaseItem> {
+impl SlotReader {
+    /// Starts reading the slot's queue of `epoch` on the current runtime; dropping the
+    /// receiver stops it.
+    pub fn spawn(self, epoch: u32) -> mpsc::Receiver<SlotItem> {
         let (tx, rx) = mpsc::channel(self.prefetch.max(1));
         tokio::spawn(async move {
-            if let Err(e) = self.run(epoch, &tx).await {
-                let _ = tx.send(LeaseItem::Failed(e)).await;
+            match self.run(epoch, &tx).await {
+                Ok(Some(stats)) => {
+                    let _ = tx.send(SlotItem::End(stats)).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(SlotItem::Failed(e)).await;
+                }
             }
         });
         rx
     }
 
-    async fn run(mut self, epoch: u32, tx: &mpsc::Sender<LeaseItem>) -> Result<(), WorkerError> {
-        let batch = rank_batch_size(self.global_batch, self.ranks, self.rank);
+    /// Reads the queue to its end (`Some(stats)`), or until the receiver is gone (`None`).
+    async fn run(
+        self,
+        epoch: u32,
+        tx: &mpsc::Sender<SlotItem>,
+    ) -> Result<Option<DecodeStats>, WorkerError> {
+        let batch = funnel_common::slots::slot_batch_size(self.global_batch, self.slots, self.slot);
+        // Seeded by slot, not by rank: ranks change when members die, slots do not.
         let shuffle_seed = SplitMix64::derive(
             self.seed,
-            0x5EED_0000 ^ u64::from(epoch) ^ ((self.rank as u64) << 40),
+            0x5EED_0000 ^ u64::from(epoch) ^ ((self.slot as u64) << 40),
         )
         .next_u64();
         let mut batcher = Batcher::new(batch, self.shuffle_rows, shuffle_seed);
         let mut stats = DecodeStats::default();
-        // (object, row group) -> lease.
+        // (object, row group) -> lease, and each lease's committed rows.
         let mut owner: HashMap<(u32, u32), u64> = HashMap::new();
-        loop {
-            let generation = *self.generation.borrow_and_update();
+        let mut committed: HashMap<u64, Vec<u8>> = HashMap::new();
+        for index in 0u32.. {
             let resp = self
                 .client
+                .clone()
                 .next_lease(pb::NextLeaseRequest {
                     worker_id: self.worker_id.clone(),
-                    generation,
+                    generation: 0,
                     epoch,
+                    slot: self.slot as u32,
+                    index,
                 })
                 .await
                 .map_err(|s| refused("NextLease", s))?
                 .into_inner();
             let Some(lease) = resp.lease else {
-                let rest = std::mem::replace(
-                    &mut batcher,
-                    Batcher::new(batch, self.shuffle_rows, shuffle_seed ^ resp.generation),
-                );
-                for b in rest.finish() {
-                    let leases = leases_of(&b, &owner)?;
-                    if tx.send(LeaseItem::Batch(b, leases)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                let idle = LeaseItem::Idle {
-                    generation: resp.generation,
-                    stats: stats.clone(),
-                };
-                if tx.send(idle).await.is_err() {
-                    return Ok(());
-                }
-                // Ask again only in a newer generation (or stop with the trainer).
-                let newer = self
-                    .generation
-                    .wait_for(|g| *g > resp.generation)
-                    .await
-                    .is_ok();
-                if !newer || tx.is_closed() {
-                    return Ok(());
-                }
-                continue;
+                break;
             };
             for shard in &lease.shards {
                 let object = self.check_shard(shard)?;
@@ -142,7 +119,9 @@ impl LeaseReader {
                 for rg in rgs.clone() {
                     owner.insert((object as u32, rg as u32), lease.lease_id);
                 }
-                let consumed = Consumed(&shard.consumed);
+                if shard.consumed.iter().any(|&b| b != 0) {
+                    committed.insert(lease.lease_id, shard.consumed.to_vec());
+                }
                 let mut stream = self.reader.read(Shard {
                     object,
                     row_groups: rgs,
@@ -150,23 +129,20 @@ impl LeaseReader {
                 while let Some(rg) = stream.next().await {
                     let rg = rg?;
                     stats.merge(&rg.stats);
-                    let mut rows = rg.batch;
-                    if !shard.consumed.is_empty() {
-                        // Rows committed before the lease came back from a dead worker.
-                        let keep: Vec<usize> = (0..rows.rows)
-                            .filter(|&r| !consumed.contains(rows.origins[r].row))
-                            .collect();
-                        rows = rows.take(&keep);
-                    }
-                    for b in batcher.push(&rows) {
-                        let leases = leases_of(&b, &owner)?;
-                        if tx.send(LeaseItem::Batch(b, leases)).await.is_err() {
-                            return Ok(());
+                    for b in batcher.push(&rg.batch) {
+                        if !send(tx, b, &owner, &committed).await? {
+                            return Ok(None);
                         }
                     }
                 }
             }
         }
+        for b in batcher.finish() {
+            if !send(tx, b, &owner, &committed).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(stats))
     }
 
     /// The shard's object in this worker's manifest, checked against the coordinator's path.
@@ -194,6 +170,38 @@ impl LeaseReader {
         }
         Ok(i)
     }
+}
+
+/// Sends `batch` without its rows already committed (all of a batch's rows, or none, in
+/// practice: steps commit whole batches); `false` once the receiver is gone.
+async fn send(
+    tx: &mpsc::Sender<SlotItem>,
+    batch: Batch,
+    owner: &HashMap<(u32, u32), u64>,
+    committed: &HashMap<u64, Vec<u8>>,
+) -> Result<bool, WorkerError> {
+    let leases = leases_of(&batch, owner)?;
+    let (batch, leases) = if committed.is_empty() {
+        (batch, leases)
+    } else {
+        let keep: Vec<usize> = (0..batch.rows)
+            .filter(|&r| {
+                committed
+                    .get(&leases[r])
+                    .is_none_or(|bits| !Consumed(bits).contains(batch.origins[r].row))
+            })
+            .collect();
+        if keep.len() == batch.rows {
+            (batch, leases)
+        } else {
+            let kept_leases = keep.iter().map(|&r| leases[r]).collect();
+            (batch.take(&keep), kept_leases)
+        }
+    };
+    if batch.rows == 0 {
+        return Ok(!tx.is_closed());
+    }
+    Ok(tx.send(SlotItem::Batch(batch, leases)).await.is_ok())
 }
 
 /// A lease's committed-rows bitmap as the coordinator sends it (little-endian u64 words).
@@ -269,21 +277,5 @@ mod tests {
             rows_by_lease(&b, &leases),
             [(20, vec![0, 9]), (70, vec![3, 1])]
         );
-    }
-
-    #[test]
-    fn ranks_share_the_global_batch_exactly() {
-        for global in [1, 7, 64, 1000] {
-            for ranks in 1..=5 {
-                if global < ranks {
-                    continue;
-                }
-                let sizes: Vec<usize> = (0..ranks)
-                    .map(|r| rank_batch_size(global, ranks, r))
-                    .collect();
-                assert_eq!(sizes.iter().sum::<usize>(), global);
-                assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1);
-            }
-        }
     }
 }

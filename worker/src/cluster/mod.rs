@@ -16,6 +16,7 @@
 pub mod coordinator;
 pub mod epoch;
 pub mod faults;
+pub mod feeds;
 pub mod generation;
 pub mod leases;
 pub mod pack;

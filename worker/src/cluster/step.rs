@@ -1,25 +1,26 @@
 //! One epoch of distributed steps (DESIGN §5), through failures.
 //!
-//! Per step, on every rank: take the next batch (or none while this rank has no lease),
-//! forward/backward, all-reduce the packed dense buffer, exchange the row-sparse embedding
-//! gradients, vote the step with the rows it consumed, and apply the global batch's mean
-//! gradient once the coordinator says every member voted. If the ring breaks or the generation
-//! changes first, nothing was applied anywhere: the rank rejoins the new ring and redoes the
-//! step with the same batch (a rank without one asks for a lease again: the dead worker's come
-//! back). The epoch ends at the first step whose reduced row count is zero, a decision that is
-//! itself voted, so every rank leaves the step loop in the same generation.
+//! Per step, on every rank: take the next batch of every data slot it reads ([`super::feeds`];
+//! none once they are exhausted), forward/backward, all-reduce the packed dense buffer,
+//! exchange the row-sparse embedding gradients, vote the step with the rows it consumed, and
+//! apply the global batch's mean gradient once the coordinator says every member voted. If the
+//! ring breaks or the generation changes first, nothing was applied anywhere: the rank rejoins
+//! the new ring, takes the data slots it reads there, and redoes the step with the same rows
+//! (a dead member's slot is read by its new reader from the ledger). The epoch ends at the
+//! first step whose reduced row count is zero, a decision that is itself voted, so every rank
+//! leaves the step loop in the same generation.
 
 use std::time::Instant;
 
-use funnel_common::batch::Batch;
 use funnel_proto::v1 as pb;
 use tokio::runtime::Handle;
 
 use super::coordinator::refused;
 use super::epoch::ClusterContext;
 use super::faults::{self, Phase};
+use super::feeds::SlotFeeds;
 use super::generation::Interrupt;
-use super::leases::{LeaseItem, LeaseReader, rank_batch_size, rows_by_lease};
+use super::leases::{SlotReader, rows_by_lease};
 use super::pack::{ReducedStep, pack, scale_sparse, unpack};
 use super::snapshot::{self, EpochSums};
 use crate::WorkerError;
@@ -27,9 +28,6 @@ use crate::local::{EpochTraining, finish_epoch, progress_bar};
 use crate::ring::{StepTag, all_reduce, sparse_exchange};
 use crate::state::TrainerState;
 use crate::trainer::{LocalGrads, Trainer};
-
-/// A batch and the lease of each row.
-type Input = (Batch, Vec<u64>);
 
 /// One epoch of steps. The sums in the result are over the global batches (identical on
 /// every rank).
@@ -42,22 +40,22 @@ pub(crate) fn train_epoch(
 ) -> Result<EpochTraining, WorkerError> {
     let job = trainer.job().clone();
     let epoch = state.epochs_done;
-    let mut rx = {
-        let _guard = runtime.enter();
-        LeaseReader {
+    let slots = job.spec.cluster.workers;
+    let mut feeds = SlotFeeds::new(
+        epoch as u32,
+        SlotReader {
             client: ctx.client.clone(),
             worker_id: ctx.ring.worker_id.clone(),
-            generation: ctx.ring.news.subscribe(),
-            rank: ctx.ring.config.rank,
-            ranks: ctx.ring.config.size,
+            slot: 0,
+            slots,
             reader: ctx.train_reader.clone(),
             global_batch: job.spec.train.batch_size,
             shuffle_rows: job.spec.data.shuffle_buffer,
             seed: job.spec.train.seed,
             prefetch: 4,
-        }
-        .spawn(epoch as u32)
-    };
+        },
+    );
+    feeds.serve(&my_slots(ctx, slots), runtime);
     let bar = progress_bar(
         ctx.progress && ctx.ring.config.rank == 0,
         ctx.train.total_rows(),
@@ -83,29 +81,8 @@ pub(crate) fn train_epoch(
     }
     let started = Instant::now();
     let mut last_line = started;
-    // The generation of the reader's last "no lease for you": it asks again in a newer one.
-    let mut idle: Option<u64> = None;
-    let mut carry: Option<Input> = None;
-    let mut pending: Option<Input> = None;
     loop {
-        // This rank's share of the global batch in the current ring: after a death the
-        // survivors take larger shares, so the global batch stays `train.batch_size`.
-        let share = rank_batch_size(
-            job.spec.train.batch_size,
-            ctx.ring.config.size,
-            ctx.ring.config.rank,
-        );
-        let input = match carry.take() {
-            Some(c) => Some(c),
-            None => next_input(
-                &mut rx,
-                &mut pending,
-                &mut idle,
-                &mut out,
-                ctx.ring.generation,
-                share,
-            )?,
-        };
+        let input = feeds.next_input()?;
         let step = state.step + 1;
         // Every line logged while this step runs carries its number and generation.
         let _step_span =
@@ -114,11 +91,11 @@ pub(crate) fn train_epoch(
         let sampled = trainer.samples_stats(step);
         let compute_started = Instant::now();
         let local = match &input {
-            Some((b, _)) => Some(trainer.compute_with(b, sampled)?),
+            Some(i) => Some(trainer.compute_with(&i.batch, sampled)?),
             None => None,
         };
         let compute_seconds = compute_started.elapsed().as_secs_f64();
-        let local_rows = input.as_ref().map_or(0, |(b, _)| b.rows as u64);
+        let local_rows = input.as_ref().map_or(0, |i| i.batch.rows as u64);
         faults::point(step, Phase::Compute);
         if let Some(g) = &local
             && !g.loss.is_finite()
@@ -130,8 +107,8 @@ pub(crate) fn train_epoch(
         }
         let rows: Vec<pb::LeaseRows> = input
             .as_ref()
-            .map(|(b, leases)| {
-                rows_by_lease(b, leases)
+            .map(|i| {
+                rows_by_lease(&i.batch, &i.leases)
                     .iter()
                     .map(|(lease_id, r)| pb::LeaseRows {
                         lease_id: *lease_id,
@@ -236,13 +213,21 @@ pub(crate) fn train_epoch(
         let (reduced, buf, mut merged, stats) = match done {
             Ok(r) => r?,
             Err(cause) => {
-                // Nothing was applied anywhere: rejoin, then redo this step with this batch.
-                carry = input;
+                // Nothing was applied anywhere: rejoin, then redo this step with these rows
+                // (those of the slots this rank still serves; others' new readers make theirs).
+                if let Some(i) = input {
+                    feeds.put_back(i);
+                }
                 ctx.telemetry.update(|c| c.steps_redone += 1);
                 if let Interrupt::Ring(e) = &cause {
                     runtime.block_on(ctx.ring.report_peer(&mut ctx.client, e))?;
                 }
                 runtime.block_on(ctx.ring.rejoin(&mut ctx.client, &cause))?;
+                let served = my_slots(ctx, slots);
+                if served != feeds.slots() {
+                    tracing::warn!(slots = ?served, "data slots served in this generation");
+                }
+                feeds.serve(&served, runtime);
                 if ctx.ring.must_donate() {
                     // A worker joined: it starts from this rank's state (the ring's, since no
                     // rank applied the interrupted step) and this epoch's sums so far.
@@ -312,65 +297,20 @@ pub(crate) fn train_epoch(
             );
         }
     }
+    out.decode = feeds.decode.clone();
     finish_epoch(&mut out, started, &bar, state.step);
     Ok(out)
 }
 
-/// The next batch of `share` rows (fewer at the end of this rank's data), cut from the
-/// reader's batches, or `None` while the coordinator has no lease for this rank in
-/// `generation`. Without failures the reader's batches are `share` rows and pass unchanged.
-fn next_input(
-    rx: &mut tokio::sync::mpsc::Receiver<LeaseItem>,
-    pending: &mut Option<Input>,
-    idle: &mut Option<u64>,
-    out: &mut EpochTraining,
-    generation: u64,
-    share: usize,
-) -> Result<Option<Input>, WorkerError> {
-    loop {
-        let have = pending.as_ref().map_or(0, |(b, _)| b.rows);
-        if have >= share.max(1) {
-            return Ok(pending.take().map(|p| split(p, share, pending)));
-        }
-        if idle.is_some_and(|g| g >= generation) {
-            // The reader has nothing more now: what is pending goes as a smaller batch.
-            return Ok(pending.take());
-        }
-        match rx.blocking_recv() {
-            Some(LeaseItem::Batch(b, leases)) => {
-                *idle = None;
-                match pending {
-                    Some((p, l)) => {
-                        p.append(&b);
-                        l.extend(leases);
-                    }
-                    None => *pending = Some((b, leases)),
-                }
-            }
-            // An answer of an older generation: the reader is asking again.
-            Some(LeaseItem::Idle {
-                generation: g,
-                stats,
-            }) => {
-                out.decode = stats;
-                *idle = Some(g);
-            }
-            Some(LeaseItem::Failed(e)) => return Err(e),
-            None => return Err(WorkerError::Internal("lease reader stopped".into())),
-        }
-    }
-}
-
-/// The first `share` rows of `input`; the rest go back to `pending`.
-fn split(input: Input, share: usize, pending: &mut Option<Input>) -> Input {
-    let (b, leases) = input;
-    if b.rows <= share {
-        return (b, leases);
-    }
-    let head: Vec<usize> = (0..share).collect();
-    let tail: Vec<usize> = (share..b.rows).collect();
-    *pending = Some((b.take(&tail), leases[share..].to_vec()));
-    (b.take(&head), leases[..share].to_vec())
+/// The data slots this rank reads in the current ring.
+fn my_slots(ctx: &ClusterContext, slots: usize) -> Vec<usize> {
+    let members: Vec<(usize, usize)> = ctx
+        .ring
+        .members
+        .iter()
+        .map(|m| (m.rank as usize, m.slot as usize))
+        .collect();
+    funnel_common::slots::slots_of(ctx.ring.config.rank, slots, &members)
 }
 
 /// Runs `exchange` unless generation news newer than `current` arrives first.
