@@ -56,9 +56,10 @@ impl Oracle {
     /// The oracle AUC of `stage`, if computed.
     pub fn auc(&self, stage: &str) -> Option<f64> {
         match self {
-            Oracle::Computed { targets, .. } => {
-                targets.iter().find(|t| t.stage == stage).and_then(|t| t.auc)
-            }
+            Oracle::Computed { targets, .. } => targets
+                .iter()
+                .find(|t| t.stage == stage)
+                .and_then(|t| t.auc),
             Oracle::Unavailable(_) => None,
         }
     }
