@@ -36,6 +36,8 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         ),
     };
     let origin = a.config.display().to_string();
+    let reported = (!a.no_report).then(|| job.clone());
+    let report_output = output.clone();
     let weights = funnel_worker::trainer::initial_weights(&job)?;
     let initial = funnel_common::weighting::WeightingState::new(job.spec.loss.weighting, &weights);
     let weighting = funnel_coordinator::server::resume_weighting(&output, initial).await?;
@@ -50,6 +52,11 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         outcome.step,
         outcome.checkpoint.as_deref().unwrap_or("-")
     );
+    if let Some(job) = reported
+        && let Some(index) = crate::report::after_training(&report_output, &job, &origin).await
+    {
+        println!("report: {index}");
+    }
     Ok(())
 }
 
@@ -166,7 +173,14 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
 
     let mut coordinator = Command::new(&exe);
     coordinator
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--workers"])
+        // The launcher writes the report itself once every process has exited.
+        .args([
+            "coordinator",
+            "--no-report",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+        ])
         .arg(workers.to_string())
         .arg("--config")
         .arg(&a.config)
