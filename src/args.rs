@@ -49,8 +49,9 @@ pub enum Command {
     /// order) beside pass-through id columns, one output row per input row, in input order.
     Predict(PredictArgs),
     /// Run the embedded default end to end on local files: generate data, write its job spec,
-    /// validate it, train it on a local cluster of `--workers` processes (checkpoints and
-    /// metrics.jsonl under `<dir>/output`).
+    /// validate it, train it on a local cluster of `--workers` processes (checkpoints,
+    /// metrics.jsonl and the run report under `<dir>/output`); ends by printing
+    /// `report: <path>/index.html`.
     Demo(DemoArgs),
     /// Prove exactly-once for a job run with `cluster.audit = true`: for every epoch audited
     /// under `<output>/audit/`, each row of the training data appears exactly once among the
