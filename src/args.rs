@@ -49,13 +49,30 @@ pub enum Command {
     /// order) beside pass-through id columns, one output row per input row, in input order.
     Predict(PredictArgs),
     /// Run the embedded default end to end on local files: generate data, write its job spec,
-    /// validate it, train it on a local cluster of `--workers` processes (checkpoints and
-    /// metrics.jsonl under `<dir>/output`).
+    /// validate it, train it on a local cluster of `--workers` processes (checkpoints,
+    /// metrics.jsonl and the run report under `<dir>/output`); ends by printing
+    /// `report: <path>/index.html`.
     Demo(DemoArgs),
     /// Prove exactly-once for a job run with `cluster.audit = true`: for every epoch audited
     /// under `<output>/audit/`, each row of the training data appears exactly once among the
     /// rows of the committed steps. Exits 1 naming missing, repeated or foreign rows otherwise.
     Audit(AuditArgs),
+    /// Write the run report of a job's output: `<output>/report/index.html` and SVG plots of
+    /// training loss per task, eval AUC per target (with the oracle AUC on gen-data), calibration,
+    /// task weights and samples/s per epoch, from `<output>/metrics.jsonl`. Prints
+    /// `report: <path or URL>/index.html`. `funnel train` writes it at the end of every job.
+    Report(ReportArgs),
+}
+
+/// `funnel report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The job's output URL (the directory that holds `metrics.jsonl` and `checkpoints/`).
+    pub output: String,
+    /// Job spec (TOML) naming the job and its eval data (for the oracle AUC). Default: the
+    /// spec the output records in its latest checkpoint's model.json.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// `funnel audit`.
@@ -126,6 +143,10 @@ pub struct CoordinatorArgs {
     /// File holding the job token (else the FUNNEL_JOB_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Do not write the run report when the job completes (the local cluster launcher writes
+    /// it itself, once the whole cluster has exited).
+    #[arg(long, hide = true)]
+    pub no_report: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }

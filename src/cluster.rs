@@ -39,6 +39,8 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         ),
     };
     let origin = a.config.display().to_string();
+    let reported = (!a.no_report).then(|| job.clone());
+    let report_output = output.clone();
     let weights = funnel_worker::trainer::initial_weights(&job)?;
     let initial = funnel_common::weighting::WeightingState::new(job.spec.loss.weighting, &weights);
     let weighting = funnel_coordinator::server::resume_weighting(&output, initial).await?;
@@ -62,6 +64,11 @@ pub async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         outcome.step,
         outcome.checkpoint.as_deref().unwrap_or("-")
     );
+    if let Some(job) = reported
+        && let Some(index) = crate::report::after_training(&report_output, &job, &origin).await
+    {
+        println!("report: {index}");
+    }
     Ok(())
 }
 
@@ -179,8 +186,10 @@ pub async fn run_local_cluster(a: TrainArgs, workers: usize) -> Result<()> {
 
     let mut coordinator = Command::new(&exe);
     coordinator
+        // The launcher writes the report itself once every process has exited.
         .args([
             "coordinator",
+            "--no-report",
             "--listen",
             "127.0.0.1:0",
             "--http-listen",

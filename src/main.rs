@@ -2,6 +2,7 @@
 
 mod args;
 mod cluster;
+mod report;
 
 /// mimalloc: decoding and training allocate and free large buffers every batch; glibc malloc
 /// returns them to the kernel and faults them back in each time.
@@ -55,6 +56,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Coordinator(a) => cluster::run_coordinator(a).await,
         Command::Worker(a) => cluster::run_worker(a).await,
         Command::Audit(a) => run_audit(a).await,
+        Command::Report(a) => report::run_report(a).await,
     }
 }
 
@@ -114,29 +116,42 @@ async fn run_validate(a: ValidateArgs) -> Result<()> {
 }
 
 async fn run_train(a: TrainArgs) -> Result<()> {
-    if let Some(workers) = a.workers {
-        return cluster::run_local_cluster(a, workers).await;
+    if let Some(index) = train(a).await? {
+        println!("report: {index}");
     }
+    Ok(())
+}
+
+/// Trains (on this machine, or on a local cluster with `--workers`), then writes the run
+/// report; returns where the report's page is, if it was written.
+async fn train(a: TrainArgs) -> Result<Option<String>> {
     let mut job = Job::load(&a.config)?;
-    if let Some(threads) = a.threads {
-        job.spec.train.threads = threads;
-    }
-    let output = match a.output.or_else(|| job.spec.output.clone()) {
+    let output = match a.output.clone().or_else(|| job.spec.output.clone()) {
         Some(o) => StoreUrl::open(&o, "output")?.url.to_string(),
         None => anyhow::bail!(
             "{}: no output: set `output` in the spec or pass --output",
             a.config.display()
         ),
     };
+    let origin = a.config.display().to_string();
+    if let Some(workers) = a.workers {
+        cluster::run_local_cluster(a, workers).await?;
+        return Ok(report::after_training(&output, &job, &origin).await);
+    }
+    if let Some(threads) = a.threads {
+        job.spec.train.threads = threads;
+    }
     let opts = LocalOptions {
-        output,
+        output: output.clone(),
         progress: !a.no_progress,
         prefetch: 8,
     };
+    let trained = Arc::new(job);
+    let job = trained.clone();
     let summary = on_training_thread(move |runtime| {
-        let threads = init_compute_threads(job.spec.train.threads);
+        let threads = init_compute_threads(trained.spec.train.threads);
         tracing::info!(threads, "compute threads");
-        train_local(Arc::new(job), &opts, &runtime)
+        train_local(trained, &opts, &runtime)
     })
     .await?;
     match &summary.checkpoint {
@@ -149,7 +164,7 @@ async fn run_train(a: TrainArgs) -> Result<()> {
             summary.epochs, summary.steps
         ),
     }
-    Ok(())
+    Ok(report::after_training(&output, &job, &origin).await)
 }
 
 async fn run_predict(a: PredictArgs) -> Result<()> {
@@ -281,7 +296,7 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
         config.display(),
         a.workers
     );
-    run_train(TrainArgs {
+    let report = train(TrainArgs {
         config: config.clone(),
         output: None,
         threads: None,
@@ -294,6 +309,11 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
         output_dir.display(),
         dir.display()
     );
+    // The last line: where to look.
+    match report {
+        Some(index) => println!("report: {index}"),
+        None => println!("report: not written (see the warning above)"),
+    }
     Ok(())
 }
 

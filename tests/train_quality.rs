@@ -9,10 +9,8 @@
 
 mod support;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int8Type};
-use funnel_common::metrics::auc;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use funnel_common::oracle::{Oracle, oracle_aucs};
+use funnel_common::spec::Job;
 use std::path::Path;
 use support::funnel;
 
@@ -21,40 +19,15 @@ use support::funnel;
 const MAX_GAP: f64 = 0.08;
 const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
 
-/// Oracle AUC per target over every eval object under `dir`.
-fn oracle_aucs(dir: &Path) -> Vec<f64> {
-    let mut labels = vec![Vec::new(); TARGETS.len()];
-    let mut truth = vec![Vec::new(); TARGETS.len()];
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("eval dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    for path in files {
-        let file = std::fs::File::open(&path).expect("open");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("parquet")
-            .build()
-            .expect("reader");
-        for batch in reader {
-            let batch = batch.expect("batch");
-            for (k, t) in TARGETS.iter().enumerate() {
-                let l = batch.column_by_name(t).expect("label");
-                let p = batch
-                    .column_by_name(&format!("truth_p_{t}"))
-                    .expect("truth");
-                labels[k].extend(
-                    l.as_primitive::<Int8Type>()
-                        .values()
-                        .iter()
-                        .map(|&v| v as u8),
-                );
-                truth[k].extend_from_slice(p.as_primitive::<Float64Type>().values());
-            }
-        }
-    }
-    (0..TARGETS.len())
-        .map(|k| auc(&truth[k], &labels[k]).expect("oracle auc"))
+/// Oracle AUC per target over the job's eval data (the library code the run report uses).
+fn oracle(spec: &Path) -> Vec<f64> {
+    let job = Job::load(spec).expect("spec");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let oracle = runtime.block_on(oracle_aucs(&job)).expect("oracle");
+    assert!(matches!(oracle, Oracle::Computed { .. }), "{oracle:?}");
+    TARGETS
+        .iter()
+        .map(|t| oracle.auc(t).expect("oracle auc"))
         .collect()
 }
 
@@ -116,7 +89,7 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
     let last: serde_json::Value =
         serde_json::from_str(metrics.lines().last().expect("a line")).expect("json");
-    let oracle = oracle_aucs(&data.join("eval"));
+    let oracle = oracle(&spec);
     let mut report = String::new();
     for (k, t) in TARGETS.iter().enumerate() {
         let got = last["eval"]["metrics"]["targets"][k]["auc"]

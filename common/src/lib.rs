@@ -17,6 +17,7 @@
 //! - [`reader`]: streams one shard (row-group range) with ranged GETs and a bounded decode pool.
 //! - [`synth`]: synthetic funnel logs with ground-truth probabilities (`funnel gen-data`).
 //! - [`metrics`]: exact, mergeable metrics: AUC (ties averaged), logloss, calibration, CVR AUC.
+//! - [`oracle`]: the best achievable AUC per target from gen-data's `truth_p_<stage>` columns.
 //! - [`model`]: burn towers, the log-space funnel loss and the flat dense-parameter buffer.
 //! - [`retry`]: retries with backoff for the reads Funnel issues (footers, column chunks).
 //! - [`store_faults`]: seeded object-store read failures for tests (`FUNNEL_STORE_FAULTS`).
@@ -40,6 +41,7 @@ pub mod hash;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod oracle;
 pub mod pipeline;
 pub mod reader;
 pub mod retry;

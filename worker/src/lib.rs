@@ -8,6 +8,8 @@
 //!   trainer.json) and exact restore.
 //! - [`evaluate`]: exact funnel metrics over an eval split.
 //! - [`local`]: `funnel train` on one worker: epochs, eval, metrics.jsonl, checkpoints, resume.
+//! - [`report`]: the run report: `<output>/report/index.html` and SVG plots from metrics.jsonl,
+//!   with the oracle AUC on gen-data.
 //! - [`predict`]: `funnel predict`: a checkpoint's probabilities for every row of a dataset.
 //! - [`threads`]: sizing the compute pool.
 //! - [`cluster`]: `funnel worker`: a member of a distributed job (coordinator client, leases,
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod evaluate;
 pub mod local;
 pub mod predict;
+pub mod report;
 pub mod ring;
 pub mod state;
 pub mod telemetry;
@@ -52,6 +55,19 @@ pub enum WorkerError {
     /// resumes from the latest checkpoint and registers again.
     #[error("coordinator lost: {0}")]
     CoordinatorLost(String),
+    /// A metrics.jsonl line that does not parse: the file's URL and the 1-based line.
+    #[error("{url}, line {line}: {message}")]
+    MetricsLine {
+        /// The metrics.jsonl URL.
+        url: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The run report cannot be made (no metrics, a plot that does not draw).
+    #[error("report: {0}")]
+    Report(String),
     /// An internal step failed (serialisation, a channel).
     #[error("internal error: {0}")]
     Internal(String),
