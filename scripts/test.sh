@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, with all set-up, on a fresh machine: Python test packages, the deploy
-# files' validation (scripts/check-deploy.sh), the real S3 server (Ceph radosgw,
+# The whole test suite, with all set-up, on a fresh machine: Python test packages, Debian's
+# chromium (the status page test), the deploy files' validation (scripts/check-deploy.sh), the real S3 server (Ceph radosgw,
 # scripts/s3-server.sh), the Rust tests with S3 required, the Python tests,
 # then libtorch from PyPI (scripts/libtorch.sh) and the model tests again on the tch backend.
 # This is the README's test command; .ci/run runs exactly this after fmt and clippy.
@@ -16,6 +16,16 @@ stage() { # name: prints how long the previous stage took
 stage "python test packages"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/python/requirements.txt
+
+stage "chromium (Debian) for the status page test"
+# tests/status_page.rs drives a real headless browser; with FUNNEL_REQUIRE_BROWSER=1 it fails
+# instead of skipping when none is installed.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+chromium --version
+export FUNNEL_REQUIRE_BROWSER=1
 
 stage "deploy files (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh

@@ -10,27 +10,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::http::{get, prometheus_samples};
-use support::procs::{HttpJob, TOKEN, setup, start_http_job, text};
-
-/// Polls the coordinator's `/status` until `ready` holds (the job is then known to be in that
-/// state: it cannot go back), failing if the coordinator exits first.
-fn status_when(job: &mut HttpJob, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    loop {
-        if let Ok(Some(s)) = job.coordinator.0.try_wait() {
-            panic!("coordinator exited {s}:\n{}", text(&job.coordinator.1));
-        }
-        let (code, _, body) = get(&format!("{}/status", job.http));
-        assert_eq!(code, 200, "{body}");
-        let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
-        if ready(&status) {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use support::procs::{TOKEN, setup, start_http_job, status_when, text};
 
 fn value(samples: &[(String, String, f64)], name: &str, labels: &str) -> f64 {
     samples

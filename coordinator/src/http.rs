@@ -1,4 +1,5 @@
-//! The coordinator's HTTP endpoint (`--http-listen`): `/healthz` (alive, for liveness probes),
+//! The coordinator's HTTP endpoint (`--http-listen`): `/` (the status page, a self-contained
+//! HTML file polling `/status`), `/healthz` (alive, for liveness probes),
 //! `/readyz` (serving a job that has not failed, for readiness probes), `/metrics` (Prometheus
 //! text) and `/status` (JSON: the job's live state, what the status page draws). Read-only and
 //! without the job token; see `funnel_common::telemetry`.
@@ -22,11 +23,23 @@ use crate::state::{Shared, State};
 /// The routes, over the coordinator's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(shared)
+}
+
+/// The status page: HTML, CSS and script in one file, nothing loaded from elsewhere.
+pub const STATUS_PAGE: &str = include_str!("status_page.html");
+
+async fn page() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(STATUS_PAGE),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -339,4 +352,34 @@ pub fn status_json(shared: &Shared, st: &mut State, now: Instant) -> Value {
         "output": shared.ctx.output,
         "history": history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STATUS_PAGE;
+
+    #[test]
+    fn the_status_page_is_self_contained_and_has_the_tested_ids() {
+        // Nothing from a CDN: no absolute URLs in src/href, no imports.
+        for bad in ["src=\"http", "href=\"http", "src=\"//", "@import", "<link"] {
+            assert!(!STATUS_PAGE.contains(bad), "{bad}");
+        }
+        for id in [
+            "id=\"state\"",
+            "id=\"generation\"",
+            "id=\"epoch\"",
+            "id=\"rate\"",
+            "id=\"progress-bar\"",
+            "id=\"workers\"",
+            "id=\"tasks\"",
+            "id=\"auc-chart\"",
+            "id=\"loss-chart\"",
+            "id=\"weight-chart\"",
+            "id=\"rate-chart\"",
+        ] {
+            assert!(STATUS_PAGE.contains(id), "{id}");
+        }
+        // It polls the relative path, so it works behind a proxy prefix too.
+        assert!(STATUS_PAGE.contains("fetch(\"status\""));
+    }
 }

@@ -265,3 +265,23 @@ pub fn start_http_job(spec: &str, out: &str, workers: usize, worker_args: &[&str
         workers: started,
     }
 }
+
+/// Polls the coordinator's `/status` until `ready` holds, failing if the coordinator exits
+/// first; returns that status.
+pub fn status_when(
+    job: &mut HttpJob,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        if let Ok(Some(s)) = job.coordinator.0.try_wait() {
+            panic!("coordinator exited {s}:\n{}", text(&job.coordinator.1));
+        }
+        let (code, _, body) = super::http::get(&format!("{}/status", job.http));
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        if ready(&status) {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
