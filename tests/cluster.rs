@@ -11,9 +11,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use support::funnel;
+use support::model::{tensors, worst_relative};
 use support::procs::final_auc;
 
 /// A spec over fresh data: one object of `row_group_rows`-row groups; `edit` changes the text.
@@ -67,51 +67,6 @@ fn train(spec: &str, output: &str, workers: &str) -> support::Run {
         "--threads",
         "1",
     ])
-}
-
-/// The latest checkpoint's tensors by name.
-fn tensors(output: &Path, file: &str) -> BTreeMap<String, Vec<f32>> {
-    let ckpt = output.join("checkpoints");
-    let latest = std::fs::read_to_string(ckpt.join("LATEST")).expect("LATEST");
-    let bytes = std::fs::read(ckpt.join(latest.trim()).join(file)).expect("checkpoint file");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let v = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, v)
-        })
-        .collect()
-}
-
-/// The worst per-tensor relative L2 difference, and its tensor.
-fn worst_relative(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f64, String) {
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "same tensors"
-    );
-    let mut worst = (0.0, String::new());
-    for (name, x) in a {
-        let y = &b[name];
-        assert_eq!(x.len(), y.len(), "{name}");
-        let diff: f64 = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| f64::from(p - q).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm: f64 = y.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
-        let rel = diff / norm.max(1e-12);
-        if rel > worst.0 {
-            worst = (rel, name.clone());
-        }
-    }
-    worst
 }
 
 fn trained_steps(output: &Path) -> u64 {

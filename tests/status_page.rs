@@ -111,6 +111,21 @@ fn the_status_page_shows_a_running_job_in_a_headless_browser() {
         s["history"].as_array().is_some_and(|h| h.len() >= 2) && s["state"] == "training"
     });
     let page = format!("{}/", job.http);
+    // Served as HTML with a policy that lets the page load nothing from elsewhere: the
+    // browser below runs it under that policy.
+    let (code, headers, _) = support::http::get(&page);
+    assert_eq!(code, 200);
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert!(header("content-type").is_some_and(|v| v.starts_with("text/html")));
+    assert!(
+        header("content-security-policy").is_some_and(|v| v.contains("default-src 'none'")),
+        "{headers:?}"
+    );
     let profile = dir.path().join("chromium-profile");
     // The DOM after the page's script ran (a second of virtual time: one poll at least).
     let dom = browse(

@@ -275,12 +275,7 @@ pub async fn audit_output(output: &str) -> Result<Vec<EpochAudit>> {
         let out = out.clone();
         async move {
             let path = out.child(&format!("audit/{name}"));
-            let got = out
-                .store
-                .get(&path)
-                .await
-                .map_err(|e| out.error("read", &path, e))?;
-            let bytes = got.bytes().await.map_err(|e| out.error("read", &path, e))?;
+            let bytes = out.read(&path).await?;
             Ok::<_, Error>((out.object_url(&path), bytes))
         }
     };

@@ -98,6 +98,30 @@ impl StoreUrl {
             .fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
+    /// The whole object at `path`; a failure names its URL.
+    pub async fn read(&self, path: &Path) -> Result<bytes::Bytes> {
+        use object_store::ObjectStoreExt as _;
+        let got = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| self.error("read", path, e))?;
+        got.bytes().await.map_err(|e| self.error("read", path, e))
+    }
+
+    /// [`Self::read`], or `None` when the object does not exist.
+    pub async fn read_optional(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
+        match self.read(path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::Store { source, .. })
+                if matches!(source.as_ref(), object_store::Error::NotFound { .. }) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A store error for `path`, with hints for the usual causes.
     pub fn error(&self, op: &'static str, path: &Path, source: object_store::Error) -> Error {
         store_error(op, self.object_url(path), source)

@@ -34,9 +34,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// The status page: HTML, CSS and script in one file, nothing loaded from elsewhere.
 pub const STATUS_PAGE: &str = include_str!("status_page.html");
 
+/// What the page may load: its own inline script and style, and `/status` from the same
+/// origin; nothing else (a CDN script or a stray image would be refused by the browser).
+pub const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'";
+
 async fn page() -> Response {
     (
-        [(header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, STATUS_PAGE_CSP),
+        ],
         axum::response::Html(STATUS_PAGE),
     )
         .into_response()

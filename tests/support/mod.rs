@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod model;
 pub mod procs;
 
 use arrow_array::RecordBatch;

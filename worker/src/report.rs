@@ -103,15 +103,11 @@ pub async fn write_report(output: &str, spec: SpecChoice<'_>) -> Result<Written,
 async fn read_history(out: &StoreUrl) -> Result<Vec<EpochRecord>, WorkerError> {
     let path = out.child("metrics.jsonl");
     let url = out.object_url(&path);
-    let bytes = match out.store.get(&path).await {
-        Ok(r) => r.bytes().await.map_err(|e| out.error("read", &path, e))?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(WorkerError::Report(format!(
-                "{url} does not exist: no epoch of this job has finished (or the URL is not a \
-                 job's output)"
-            )));
-        }
-        Err(e) => return Err(out.error("read", &path, e).into()),
+    let Some(bytes) = out.read_optional(&path).await? else {
+        return Err(WorkerError::Report(format!(
+            "{url} does not exist: no epoch of this job has finished (or the URL is not a \
+             job's output)"
+        )));
     };
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| WorkerError::Report(format!("{url} is not UTF-8: {e}")))?;
@@ -126,14 +122,7 @@ async fn recorded_spec(out: &StoreUrl) -> Result<Option<(Job, String)>, WorkerEr
     };
     let path = out.child(&format!("checkpoints/{name}/model.json"));
     let url = out.object_url(&path);
-    let bytes = out
-        .store
-        .get(&path)
-        .await
-        .map_err(|e| out.error("read", &path, e))?
-        .bytes()
-        .await
-        .map_err(|e| out.error("read", &path, e))?;
+    let bytes = out.read(&path).await?;
     let bad = |e: &dyn std::fmt::Display| WorkerError::Report(format!("{url}: {e}"));
     let mut card: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
     let spec: JobSpec = serde_json::from_value(card["job"].take()).map_err(|e| bad(&e))?;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use funnel_common::audit::AuditRow;
 use funnel_proto::v1 as pb;
-use object_store::ObjectStoreExt as _;
 use tonic::{Response, Status};
 use tracing::warn;
 
@@ -198,13 +197,7 @@ pub(super) async fn refresh_epoch_records(shared: Arc<Shared>) {
     let output = shared.ctx.output.clone();
     let read = async {
         let out = funnel_common::store::StoreUrl::open(&output, "output")?;
-        let path = out.child("metrics.jsonl");
-        let got = out
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| out.error("read", &path, e))?;
-        let bytes = got.bytes().await.map_err(|e| out.error("read", &path, e))?;
+        let bytes = out.read(&out.child("metrics.jsonl")).await?;
         Ok::<_, funnel_common::Error>(String::from_utf8_lossy(&bytes).into_owned())
     };
     match read.await {
