@@ -12,9 +12,9 @@
 mod support;
 
 use std::path::Path;
-use support::funnel;
 use support::model::{tensors, worst_relative};
 use support::procs::final_auc;
+use support::{funnel, gen_job};
 
 /// A spec over fresh data: one object of `row_group_rows`-row groups; `edit` changes the text.
 fn setup(
@@ -24,35 +24,24 @@ fn setup(
     eval_fraction: &str,
     edit: &[(&str, &str)],
 ) -> String {
-    let data = format!("file://{}/data", dir.display());
-    let spec = dir.join("job.toml").to_str().expect("utf8").to_string();
-    funnel(&[
-        "gen-data",
-        "--output",
-        &data,
-        "--rows",
-        rows,
-        "--files",
-        "1",
-        "--row-group-rows",
-        row_group_rows,
-        "--eval-fraction",
-        eval_fraction,
-        "--users",
-        "300",
-        "--items",
-        "1000",
-        "--write-config",
-        &spec,
-    ])
-    .success();
-    let mut text = std::fs::read_to_string(&spec).expect("spec");
-    for (from, to) in edit {
-        assert!(text.contains(from), "spec has no {from:?}");
-        text = text.replace(from, to);
-    }
-    std::fs::write(&spec, text).expect("write spec");
-    spec
+    gen_job(
+        dir,
+        &[
+            "--rows",
+            rows,
+            "--files",
+            "1",
+            "--row-group-rows",
+            row_group_rows,
+            "--eval-fraction",
+            eval_fraction,
+            "--users",
+            "300",
+            "--items",
+            "1000",
+        ],
+        edit,
+    )
 }
 
 fn train(spec: &str, output: &str, workers: &str) -> support::Run {

@@ -7,38 +7,33 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use support::funnel;
+use support::{funnel, gen_job};
 
 const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
 
 /// A few thousand rows, tiny towers, two epochs: seconds.
 fn setup(dir: &Path) -> String {
-    let data = format!("file://{}/data", dir.display());
-    let spec = dir.join("job.toml").to_str().expect("utf8").to_string();
-    funnel(&[
-        "gen-data",
-        "--output",
-        &data,
-        "--rows",
-        "20000",
-        "--files",
-        "1",
-        "--row-group-rows",
-        "4000",
-        "--users",
-        "200",
-        "--items",
-        "500",
-        "--write-config",
-        &spec,
-    ])
-    .success();
-    let text = std::fs::read_to_string(&spec)
-        .expect("spec")
-        .replace("hidden = [256, 128]", "hidden = [16, 8]")
-        .replace("batch_size = 1024", "batch_size = 256");
+    let spec = gen_job(
+        dir,
+        &[
+            "--rows",
+            "20000",
+            "--files",
+            "1",
+            "--row-group-rows",
+            "4000",
+            "--users",
+            "200",
+            "--items",
+            "500",
+        ],
+        &[
+            ("hidden = [256, 128]", "hidden = [16, 8]"),
+            ("batch_size = 1024", "batch_size = 256"),
+        ],
+    );
+    let text = std::fs::read_to_string(&spec).expect("spec");
     assert!(text.contains("hidden = [16, 8]") && text.contains("epochs = 2"));
-    std::fs::write(&spec, text).expect("write spec");
     spec
 }
 

@@ -6,37 +6,32 @@
 mod support;
 
 use std::path::Path;
-use support::funnel;
+use support::{funnel, gen_job};
 
 fn setup(dir: &Path, weighting: &str) -> String {
-    let data = format!("file://{}/data", dir.display());
-    let spec = dir.join("job.toml").to_str().expect("utf8").to_string();
-    funnel(&[
-        "gen-data",
-        "--output",
-        &data,
-        "--rows",
-        "24000",
-        "--files",
-        "1",
-        "--row-group-rows",
-        "4000",
-        "--users",
-        "500",
-        "--items",
-        "2000",
-        "--write-config",
-        &spec,
-    ])
-    .success();
-    let text = std::fs::read_to_string(&spec)
-        .expect("spec")
-        .replace("hidden = [256, 128]", "hidden = [16, 8]")
-        .replace("batch_size = 1024", "batch_size = 256")
-        .replace("epochs = 2", "epochs = 4")
-        .replace("weighting = \"fixed\"", weighting);
+    let spec = gen_job(
+        dir,
+        &[
+            "--rows",
+            "24000",
+            "--files",
+            "1",
+            "--row-group-rows",
+            "4000",
+            "--users",
+            "500",
+            "--items",
+            "2000",
+        ],
+        &[
+            ("hidden = [256, 128]", "hidden = [16, 8]"),
+            ("batch_size = 1024", "batch_size = 256"),
+            ("epochs = 2", "epochs = 4"),
+            ("weighting = \"fixed\"", weighting),
+        ],
+    );
+    let text = std::fs::read_to_string(&spec).expect("spec");
     assert!(text.contains("epochs = 4"));
-    std::fs::write(&spec, text).expect("write spec");
     spec
 }
 

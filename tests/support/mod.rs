@@ -73,6 +73,24 @@ pub fn funnel(args: &[&str]) -> Run {
     funnel_env(args, &[])
 }
 
+/// Generated data under `dir/data` (`funnel gen-data` with `gen_args`, one file unless they
+/// say otherwise) and its job spec at `dir/job.toml`, with each `(from, to)` of `edits`
+/// replaced in the spec text (each `from` must be there). Returns the spec's path.
+pub fn gen_job(dir: &Path, gen_args: &[&str], edits: &[(&str, &str)]) -> String {
+    let data = format!("file://{}/data", dir.display());
+    let spec = dir.join("job.toml").to_str().expect("utf8").to_string();
+    let mut args = vec!["gen-data", "--output", &data, "--write-config", &spec];
+    args.extend_from_slice(gen_args);
+    funnel(&args).success();
+    let mut text = std::fs::read_to_string(&spec).expect("spec");
+    for (from, to) in edits {
+        assert!(text.contains(from), "spec has no {from:?}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&spec, text).expect("write spec");
+    spec
+}
+
 /// Writes a record batch as a Parquet file.
 pub fn write_parquet(path: &Path, rb: &RecordBatch) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
