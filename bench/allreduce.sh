@@ -42,7 +42,7 @@ echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
   "ranks $RANKS; sizes $SIZES_MIB MiB; $WARMUP warm-up + $REPS timed iterations" >&2
 # The three sides take turns for each ring size, so a change of machine load hits all alike.
 for n in $RANKS; do
-  RANKS=$n IMPLS=funnel "$exe" >>"$results"
+  RANKS=$n IMPLS="funnel funnel-grpc" "$exe" >>"$results"
   RANKS=$n "$py" bench/allreduce_gloo.py >>"$results" 2> >(grep -v '^\[Gloo\]' >&2)
   RANKS=$n IMPLS=tcp "$exe" >>"$results"
 done

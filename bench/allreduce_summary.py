@@ -1,6 +1,7 @@
-"""The table of bench/allreduce.sh: bus bandwidth of Funnel, gloo and raw TCP per (n, size),
-and Funnel's ratios to both, against the goal of issue 4 point 7 (at least 1.0x gloo and 60% of
-raw TCP). Reads the JSON lines of worker/benches/ring_bandwidth.rs and bench/allreduce_gloo.py.
+"""The table of bench/allreduce.sh: bus bandwidth of Funnel (its default raw TCP ring links, and
+its gRPC transport), gloo and raw TCP per (n, size), and Funnel's ratios to gloo and raw TCP,
+against the goal of issue 4 point 7 (at least 1.0x gloo and 60% of raw TCP). Reads the JSON
+lines of worker/benches/ring_bandwidth.rs and bench/allreduce_gloo.py.
 
     python3 bench/allreduce_summary.py bench/out/allreduce/results.jsonl
 """
@@ -35,8 +36,9 @@ def main(path):
             return per[a]["busbw_gbps"] / per[b]["busbw_gbps"]
         return None
 
-    print("| n | MiB | funnel | gloo | tcp | funnel / gloo | funnel / tcp |")
-    print("|---|---|---|---|---|---|---|")
+    print("| n | MiB | funnel | funnel-grpc | gloo | tcp | funnel / gloo | funnel / tcp "
+          "| grpc / gloo |")
+    print("|---|---|---|---|---|---|---|---|---|")
     worst = {"gloo": None, "tcp": None}
     for (n, mib), per in sorted(cells.items()):
         rs = {side: ratio(per, "funnel", side) for side in ("gloo", "tcp")}
@@ -45,11 +47,15 @@ def main(path):
                 worst[side] = r
         shown = {s: (f"{r:.2f}x" if s == "gloo" else f"{r:.0%}") if r is not None else "-"
                  for s, r in rs.items()}
-        print(f"| {n} | {mib} | {fmt(per, 'funnel')} | {fmt(per, 'gloo')} | {fmt(per, 'tcp')} "
-              f"| {shown['gloo']} | {shown['tcp']} |")
+        grpc = ratio(per, "funnel-grpc", "gloo")
+        grpc = f"{grpc:.2f}x" if grpc is not None else "-"
+        print(f"| {n} | {mib} | {fmt(per, 'funnel')} | {fmt(per, 'funnel-grpc')} "
+              f"| {fmt(per, 'gloo')} | {fmt(per, 'tcp')} "
+              f"| {shown['gloo']} | {shown['tcp']} | {grpc} |")
     print()
     print("Bus bandwidth, GB/s (1e9 bytes/s), median of the repetitions "
-          "(busbw = bytes / time x 2(n-1)/n).")
+          "(busbw = bytes / time x 2(n-1)/n). funnel: raw TCP ring links "
+          "(cluster.ring_transport = tcp, the default without TLS); funnel-grpc: gRPC streams.")
     if len(chunk_lens) > 1:
         print(f"Funnel: the best of chunk lengths {sorted(chunk_lens)} per cell.")
     elif chunk_lens:

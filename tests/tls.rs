@@ -1,6 +1,7 @@
 //! TLS (issue 6 point 8): a job whose coordinator and peer servers speak only TLS, with mutual
 //! TLS (every client presents a certificate of the job's CA), completes; a plaintext client,
-//! a client without a certificate, and a worker told to dial `http://` are refused. The
+//! a client without a certificate, and a worker told to dial `http://` are refused; so is
+//! `cluster.ring_transport = "tcp"` (plaintext ring links) on a TLS job. The
 //! certificates are made here by rcgen: a CA, and one `localhost` identity for every process.
 
 mod support;
@@ -130,4 +131,31 @@ fn a_job_over_mutual_tls_completes_and_plaintext_is_refused() {
         assert!(status.success(), "worker failed:\n{}", text(&log));
     }
     assert!(dir.path().join("out/metrics.jsonl").exists());
+
+    // The ring's raw TCP links carry no encryption: a TLS job that asks for them explicitly
+    // is refused by its workers, naming the key (`auto`, the default, used gRPC above).
+    let tcp_spec = dir.path().join("job-tcp.toml");
+    let text_spec = std::fs::read_to_string(&spec).expect("spec") + "ring_transport = \"tcp\"\n";
+    std::fs::write(&tcp_spec, text_spec).expect("write");
+    let out2 = format!("file://{}/out2", dir.path().display());
+    let (mut coordinator, _clog, addr) = start_coordinator(
+        tcp_spec.to_str().expect("utf8"),
+        &out2,
+        "127.0.0.1:0",
+        &server_env,
+        None,
+    );
+    let (worker, log) = spawn_worker(&format!("https://{addr}"), &server_env);
+    let (status, _) = waiter(worker).join().expect("waiter");
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    assert!(
+        !status.success(),
+        "a TLS worker must refuse raw TCP ring links"
+    );
+    let log = text(&log);
+    assert!(
+        log.contains("cluster.ring_transport") && log.contains("in the clear"),
+        "{log}"
+    );
 }

@@ -60,6 +60,14 @@ impl JobToken {
         Sha256::digest(bytes).into()
     }
 
+    /// Whether `presented` is this token, compared in constant time (digests of both, so
+    /// neither the first differing byte nor the length shows): for links that carry the token
+    /// outside gRPC metadata (the raw TCP ring transport's handshake).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = Self::digest(self.secret.as_bytes());
+        bool::from(Self::digest(presented).ct_eq(&expected))
+    }
+
     /// The interceptor a server wraps its services with.
     pub fn checker(&self, service: &'static str) -> CheckToken {
         CheckToken {
@@ -157,6 +165,15 @@ mod tests {
                 .insert("authorization", v.parse().expect("ascii"));
         }
         req
+    }
+
+    #[test]
+    fn matches_only_the_exact_token() {
+        let token = JobToken::new("s3cret-token").expect("valid");
+        assert!(token.matches(b"s3cret-token"));
+        for bad in [&b""[..], b"s3cret-tokeN", b"s3cret-token2", b"s3cret-toke"] {
+            assert!(!token.matches(bad), "{bad:?}");
+        }
     }
 
     #[test]

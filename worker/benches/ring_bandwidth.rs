@@ -1,6 +1,7 @@
-//! All-reduce bus bandwidth (issue 4 point 7): Funnel's ring all-reduce over its gRPC transport,
-//! and a raw TCP loopback ring moving the same bytes with no arithmetic (the ceiling), for each
-//! ring size and buffer size; one JSON line per (impl, n, size) on stdout. docs/benchmarks.md
+//! All-reduce bus bandwidth (issue 4 point 7): Funnel's ring all-reduce over its two ring
+//! transports (`funnel`: raw TCP links, the default; `funnel-grpc`: gRPC streams), and a raw TCP
+//! loopback ring moving the same bytes with no arithmetic (the ceiling), for each ring size and
+//! buffer size; one JSON line per (impl, n, size) on stdout. docs/benchmarks.md
 //! defines the figures; bench/allreduce.sh runs this beside torch.distributed (gloo).
 //!
 //! Every rank is its own process (this binary re-executed with `--child`), as gloo's ranks are,
@@ -9,7 +10,7 @@
 //! says `go`; each rank times its own all-reduce, and an iteration's time is the slowest rank's.
 //!
 //! Environment: RANKS ("2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
-//! IMPLS ("funnel tcp"), CHUNK_LENS (values per chunk, "65536"; several values sweep),
+//! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "65536"; several values sweep),
 //! RING_THREADS (tokio worker threads per Funnel rank, 2).
 
 use std::error::Error;
@@ -19,6 +20,7 @@ use std::ops::Range;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use funnel_common::spec::RingTransport;
 use funnel_worker::ring::{PeerId, RingConfig, StepTag, all_reduce, segments};
 use funnel_worker::transport::{GenerationLinks, JobToken, PeerNode};
 
@@ -66,12 +68,14 @@ fn parent() -> Res<()> {
     let reps = env_list("REPS", "5")?[0].max(1);
     let warmup = env_list("WARMUP", "2")?[0];
     let chunk_lens = env_list("CHUNK_LENS", "65536")?;
-    let impls = std::env::var("IMPLS").unwrap_or_else(|_| "funnel tcp".into());
+    let impls = std::env::var("IMPLS").unwrap_or_else(|_| "funnel funnel-grpc tcp".into());
     for imp in impls.split_whitespace() {
         let lens = match imp {
-            "funnel" => chunk_lens.clone(),
+            "funnel" | "funnel-grpc" => chunk_lens.clone(),
             "tcp" => vec![0],
-            _ => return Err(format!("IMPLS: unknown {imp:?} (funnel, tcp)").into()),
+            _ => {
+                return Err(format!("IMPLS: unknown {imp:?} (funnel, funnel-grpc, tcp)").into());
+            }
         };
         for &n in &ranks {
             if n < 2 {
@@ -223,16 +227,23 @@ fn child(args: &[String]) -> Res<()> {
     let mut parent = Parent {
         lines: std::io::stdin().lock().lines(),
     };
-    match imp.as_str() {
-        "funnel" => funnel_rank(&mut parent, rank, n, chunk_len, &sizes, iters),
-        _ => tcp_rank(&mut parent, rank, n, &sizes, iters),
+    let transport = match imp.as_str() {
+        "funnel" => Some(RingTransport::Tcp),
+        "funnel-grpc" => Some(RingTransport::Grpc),
+        _ => None,
+    };
+    match transport {
+        Some(t) => funnel_rank(&mut parent, t, rank, n, chunk_len, &sizes, iters),
+        None => tcp_rank(&mut parent, rank, n, &sizes, iters),
     }?;
     parent.next("quit").map(drop)
 }
 
-/// Funnel: `ring::all_reduce` over `GenerationLinks` (gRPC to the neighbours, job token on).
+/// Funnel: `ring::all_reduce` over `GenerationLinks` (raw TCP links or gRPC streams to the
+/// neighbours, job token on), as a worker uses them.
 fn funnel_rank(
     p: &mut Parent,
+    transport: RingTransport,
     rank: usize,
     n: usize,
     chunk_len: usize,
@@ -260,6 +271,7 @@ fn funnel_rank(
         right,
         1,
         &token,
+        transport,
     ))?;
     println!("ready");
     let cfg = RingConfig {

@@ -85,6 +85,21 @@ fn default_read_batch_rows() -> usize {
     65_536
 }
 
+/// What carries ring all-reduce chunks and sparse blocks between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RingTransport {
+    /// `tcp` on a plaintext job, `grpc` when the job uses TLS.
+    #[default]
+    Auto,
+    /// Framed messages on a plain TCP connection to the neighbour's peer port (same port as
+    /// gRPC, told apart by its first bytes; job token checked at the handshake). Plaintext
+    /// only: a job with TLS refuses it.
+    Tcp,
+    /// Bidirectional `funnel.v1.Peer` gRPC streams (HTTP/2, TLS when the job has it).
+    Grpc,
+}
+
 /// Policy for funnel-inconsistent label rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -494,6 +509,9 @@ pub struct ClusterSpec {
     /// f32 values per all-reduce chunk: a rank forwards one chunk while the next arrives.
     #[serde(default = "default_chunk_values")]
     pub chunk_values: usize,
+    /// What carries the ring's gradients between workers (docs/cluster.md "Ring transport").
+    #[serde(default)]
+    pub ring_transport: RingTransport,
     /// Write, per epoch, the coordinates of every row each committed step consumed
     /// (`<output>/audit/`), for `funnel audit` to prove each row counted exactly once.
     #[serde(default)]
@@ -509,6 +527,7 @@ impl Default for ClusterSpec {
             step_timeout_ms: default_step_timeout_ms(),
             join_timeout_ms: default_join_timeout_ms(),
             chunk_values: default_chunk_values(),
+            ring_transport: RingTransport::default(),
             audit: false,
         }
     }

@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use crate::ring::{RingError, RingSend};
+use crate::ring::{ChunkSend, RingError, RingSend, SharedBuf};
 
 /// The environment variable.
 pub const KILL_ENV: &str = "FUNNEL_FAULT_KILL";
@@ -240,6 +240,22 @@ impl<S: RingSend<crate::ring::Chunk>> RingSend<crate::ring::Chunk> for CorruptFi
     }
 }
 
+impl<S: ChunkSend> ChunkSend for CorruptFirst<'_, S> {
+    async fn send_range(
+        &mut self,
+        head: crate::ring::Chunk,
+        buf: &SharedBuf<'_>,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RingError> {
+        if self.kind.is_none() {
+            return self.inner.send_range(head, buf, range).await;
+        }
+        // The corruption needs the chunk's values in hand.
+        let values = buf.read(range, crate::ring::F32Bytes::from_f32);
+        self.send(crate::ring::Chunk { values, ..head }).await
+    }
+}
+
 /// A sender that dies after its first message of `step` went out (mid all-reduce).
 pub struct DieAfterFirst<'a, S> {
     /// The real sender.
@@ -251,6 +267,18 @@ pub struct DieAfterFirst<'a, S> {
 impl<M: Send, S: RingSend<M>> RingSend<M> for DieAfterFirst<'_, S> {
     async fn send(&mut self, msg: M) -> Result<(), RingError> {
         self.inner.send(msg).await?;
+        die(self.step, Phase::AllReduce)
+    }
+}
+
+impl<S: ChunkSend> ChunkSend for DieAfterFirst<'_, S> {
+    async fn send_range(
+        &mut self,
+        head: crate::ring::Chunk,
+        buf: &SharedBuf<'_>,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RingError> {
+        self.inner.send_range(head, buf, range).await?;
         die(self.step, Phase::AllReduce)
     }
 }

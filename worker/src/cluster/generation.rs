@@ -19,6 +19,7 @@ use super::coordinator::{Client, refused};
 use crate::WorkerError;
 use crate::ring::{PeerId, RingConfig, RingError};
 use crate::transport::{GenerationLinks, PeerNode, Security};
+use funnel_common::spec::RingTransport;
 
 /// Why an exchange or a vote did not complete.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct RingSession {
     pub node: PeerNode,
     /// The job token and TLS (peer links carry them).
     pub security: Security,
+    /// What carries the ring's messages (`cluster.ring_transport`).
+    pub transport: RingTransport,
     /// This worker's id.
     pub worker_id: String,
     /// The generation.
@@ -67,12 +70,14 @@ impl RingSession {
     pub fn new(
         node: PeerNode,
         security: Security,
+        transport: RingTransport,
         reg: pb::RegisterResponse,
         config: RingConfig,
     ) -> Result<Self, WorkerError> {
         let mut s = Self {
             node,
             security,
+            transport,
             worker_id: reg.worker_id.clone(),
             generation: 0,
             config,
@@ -143,9 +148,16 @@ impl RingSession {
             let me = self.peer(c.rank)?;
             let left = self.peer(c.left())?;
             let right = self.peer((c.rank + 1) % c.size)?;
-            let links =
-                GenerationLinks::open(&self.node, me, left, right, self.generation, &self.security)
-                    .await?;
+            let links = GenerationLinks::open(
+                &self.node,
+                me,
+                left,
+                right,
+                self.generation,
+                &self.security,
+                self.transport,
+            )
+            .await?;
             self.links = Some(links);
         }
         self.links

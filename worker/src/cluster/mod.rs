@@ -141,6 +141,9 @@ fn run_session(
         });
     }
     let layout_hash = trainer.model().layout_hash();
+    let transport = job.spec.cluster.ring_transport;
+    crate::transport::ring_transport(transport, opts.security.tls.is_some())
+        .map_err(WorkerError::Unsupported)?;
 
     let node = {
         let _guard = runtime.enter();
@@ -172,6 +175,7 @@ fn run_session(
     let ring = RingSession::new(
         node,
         opts.security.clone(),
+        transport,
         reg,
         RingConfig {
             rank: 0,

@@ -1,4 +1,4 @@
-//! Conformance suite: the same tests over the in-memory transport and over gRPC.
+//! Conformance suite: the same tests over the in-memory transport, gRPC and raw TCP.
 //!
 //! Dense results are compared bit for bit with a sequential sum in ring order (segment `s`
 //! summed from rank `s` around the ring, see `allreduce`), not with a tolerance: the algorithm
@@ -14,6 +14,7 @@ use super::memory::{MemoryReceiver, MemorySender};
 use super::{Chunk, PeerId, RingConfig, RingError, SparseBlock, StepTag};
 use super::{all_reduce, memory, segments, sparse_exchange};
 use crate::transport::{GenerationLinks, JobToken, PeerNode, Security};
+use funnel_common::spec::RingTransport;
 
 mod refusals;
 
@@ -21,10 +22,13 @@ mod refusals;
 enum Kind {
     Memory,
     Grpc,
+    Tcp,
 }
 
 const TOKEN: &str = "conformance-token";
-const KINDS: [Kind; 2] = [Kind::Memory, Kind::Grpc];
+const KINDS: [Kind; 3] = [Kind::Memory, Kind::Grpc, Kind::Tcp];
+/// The transports between processes.
+const NET: [RingTransport; 2] = [RingTransport::Grpc, RingTransport::Tcp];
 
 fn tag(generation: u64) -> StepTag {
     StepTag {
@@ -42,7 +46,7 @@ enum Links {
         stx: MemorySender<SparseBlock>,
         srx: MemoryReceiver<SparseBlock>,
     },
-    Grpc(Box<GenerationLinks>),
+    Net(Box<GenerationLinks>),
 }
 
 impl Links {
@@ -54,7 +58,7 @@ impl Links {
     ) -> Result<(), RingError> {
         match self {
             Links::Memory { ctx, crx, .. } => all_reduce(c, t, buf, ctx, crx).await,
-            Links::Grpc(l) => all_reduce(c, t, buf, &mut l.chunk_tx, &mut l.chunk_rx).await,
+            Links::Net(l) => all_reduce(c, t, buf, &mut l.chunk_tx, &mut l.chunk_rx).await,
         }
     }
 
@@ -66,13 +70,13 @@ impl Links {
     ) -> Result<Vec<SparseGrad>, RingError> {
         match self {
             Links::Memory { stx, srx, .. } => sparse_exchange(c, t, g, stx, srx).await,
-            Links::Grpc(l) => sparse_exchange(c, t, g, &mut l.sparse_tx, &mut l.sparse_rx).await,
+            Links::Net(l) => sparse_exchange(c, t, g, &mut l.sparse_tx, &mut l.sparse_rx).await,
         }
     }
 
     /// After a successful exchange: wait until the neighbour has read everything.
     async fn finish(self, wait: Duration) {
-        if let Links::Grpc(l) = self {
+        if let Links::Net(l) = self {
             let _ = tokio::time::timeout(wait, l.finish()).await;
         }
     }
@@ -97,7 +101,12 @@ async fn setup(kind: Kind, generations: &[u64]) -> (Vec<Links>, Vec<PeerId>, Vec
                 .collect();
             (links, peers, Vec::new())
         }
-        Kind::Grpc => {
+        Kind::Grpc | Kind::Tcp => {
+            let transport = if let Kind::Tcp = kind {
+                RingTransport::Tcp
+            } else {
+                RingTransport::Grpc
+            };
             let token = Security::plain(JobToken::new(TOKEN).expect("token"));
             let bind = "127.0.0.1:0".parse().expect("addr");
             let (mut nodes, mut peers) = (Vec::new(), Vec::new());
@@ -119,10 +128,11 @@ async fn setup(kind: Kind, generations: &[u64]) -> (Vec<Links>, Vec<PeerId>, Vec
                     r,
                     generations[i],
                     &token,
+                    transport,
                 )
                 .await
                 .expect("links");
-                links.push(Links::Grpc(Box::new(g)));
+                links.push(Links::Net(Box::new(g)));
             }
             (links, peers, nodes)
         }

@@ -50,6 +50,8 @@ fn memory_peer(rank: usize) -> PeerId {
     }
 }
 
+impl super::ChunkSend for MemorySender<super::Chunk> {}
+
 impl<M: Send> RingSend<M> for MemorySender<M> {
     async fn send(&mut self, msg: M) -> Result<(), RingError> {
         self.tx

@@ -9,10 +9,12 @@
 //! - [`allreduce`]: reduce-scatter then all-gather, chunked and pipelined.
 //! - [`sparse`]: every rank's sparse gradients around the ring, then a merge in rank order.
 //! - [`memory`]: the in-memory transport (tests, and a single-process reference).
+//! - [`pool`]: recycled buffers for chunk values.
 //! - [`values`]: a chunk's values as little-endian bytes (the wire form, kept end to end).
 
 pub mod allreduce;
 pub mod memory;
+pub mod pool;
 pub mod sparse;
 pub mod values;
 
@@ -131,6 +133,46 @@ pub struct SparseBlock {
 pub trait RingSend<M>: Send {
     /// Queues `msg` for the neighbour; may wait for flow control.
     fn send(&mut self, msg: M) -> impl Future<Output = Result<(), RingError>> + Send;
+}
+
+/// Sends chunks whose values are a range of the buffer being reduced. The default copies the
+/// range into the chunk and sends that; a transport that can write the values straight from
+/// the buffer (the raw TCP link) saves the copy.
+pub trait ChunkSend: RingSend<Chunk> {
+    /// Sends `head` (its `values` empty) carrying `buf[range]`.
+    fn send_range(
+        &mut self,
+        head: Chunk,
+        buf: &SharedBuf<'_>,
+        range: Range<usize>,
+    ) -> impl Future<Output = Result<(), RingError>> + Send {
+        async move {
+            let values = buf.read(range, F32Bytes::from_f32);
+            self.send(Chunk { values, ..head }).await
+        }
+    }
+}
+
+/// The buffer an all-reduce sums in place, shared by its sending and receiving halves. Both
+/// run in one task and never at once, so the lock is never contended; it is what lets the
+/// sender read ranges the receiver is not writing without a copy of the buffer.
+pub struct SharedBuf<'a>(std::sync::Mutex<&'a mut [f32]>);
+
+impl<'a> SharedBuf<'a> {
+    /// Shares `buf`.
+    pub fn new(buf: &'a mut [f32]) -> Self {
+        Self(std::sync::Mutex::new(buf))
+    }
+
+    /// Runs `f` on `buf[range]`.
+    pub fn read<R>(&self, range: Range<usize>, f: impl FnOnce(&[f32]) -> R) -> R {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner())[range])
+    }
+
+    /// Runs `f` on `buf[range]`, mutably.
+    pub fn write<R>(&self, range: Range<usize>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner())[range])
+    }
 }
 
 /// Receives from the left-hand neighbour.

@@ -1,7 +1,7 @@
 //! A chunk's values as little-endian f32 bytes. The ring works on `f32` slices, but keeping a
-//! chunk in its wire form means the gRPC transport neither decodes value by value nor
-//! allocates a `Vec<f32>` per chunk and hop: the sender copies a slice of the buffer into bytes
-//! once, the receiver adds straight from the bytes it received.
+//! chunk in its wire form means no transport decodes value by value or allocates a `Vec<f32>`
+//! per chunk and hop: the sender copies a slice of the buffer into pooled bytes once
+//! ([`super::pool`]), the receiver adds straight from the bytes it received.
 
 use bytes::Bytes;
 
@@ -10,15 +10,17 @@ use bytes::Bytes;
 pub struct F32Bytes(Bytes);
 
 impl F32Bytes {
-    /// The values of `v` (one copy).
+    /// The values of `v` (one copy, into a buffer of the chunk pool).
     pub fn from_f32(v: &[f32]) -> Self {
-        // Fixed-size copies into a presized buffer compile to a plain memcpy on little-endian
-        // targets.
-        let mut b = vec![0u8; v.len() * 4];
-        for (dst, x) in b.chunks_exact_mut(4).zip(v) {
-            dst.copy_from_slice(&x.to_le_bytes());
+        let mut b = super::pool::CHUNKS.take(v.len() * 4);
+        if cfg!(target_endian = "little") {
+            b.extend_from_slice(bytemuck::cast_slice(v));
+        } else {
+            for x in v {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
         }
-        Self(Bytes::from(b))
+        Self(super::pool::CHUNKS.bytes(b))
     }
 
     /// Bytes received from the wire; `Err(len)` when `len` is not a multiple of 4.
@@ -65,12 +67,41 @@ impl F32Bytes {
     /// Adds the values into `dst` (same length); `Err(k)` if value `k` is not finite, in which
     /// case `dst` is partly updated and the step must be dropped.
     pub fn add_into(&self, dst: &mut [f32]) -> Result<(), usize> {
-        self.apply(dst, |d, v| *d += v)
+        match self.as_f32() {
+            Some(src) => {
+                // One pass the compiler vectorises: the sum and a running finiteness flag.
+                let mut finite = true;
+                for (d, v) in dst.iter_mut().zip(src) {
+                    finite &= v.is_finite();
+                    *d += v;
+                }
+                if finite { Ok(()) } else { Err(first_bad(src)) }
+            }
+            None => self.apply(dst, |d, v| *d += v),
+        }
     }
 
     /// Copies the values into `dst` (same length); `Err(k)` if value `k` is not finite.
     pub fn copy_into(&self, dst: &mut [f32]) -> Result<(), usize> {
-        self.apply(dst, |d, v| *d = v)
+        match self.as_f32() {
+            Some(src) if src.len() == dst.len() => {
+                dst.copy_from_slice(src);
+                let finite = src.iter().fold(true, |ok, v| ok & v.is_finite());
+                if finite { Ok(()) } else { Err(first_bad(src)) }
+            }
+            _ => self.apply(dst, |d, v| *d = v),
+        }
+    }
+
+    /// The bytes as `f32`s in place, where that is possible: a little-endian target and
+    /// 4-byte aligned bytes (pooled buffers are; a value field inside a protobuf message may
+    /// not be, and then the values are decoded one by one).
+    fn as_f32(&self) -> Option<&[f32]> {
+        if cfg!(target_endian = "little") {
+            bytemuck::try_cast_slice(&self.0).ok()
+        } else {
+            None
+        }
     }
 
     fn apply(&self, dst: &mut [f32], op: impl Fn(&mut f32, f32)) -> Result<(), usize> {
@@ -83,6 +114,11 @@ impl F32Bytes {
         }
         bad.map_or(Ok(()), Err)
     }
+}
+
+/// Index of the first non-finite value (there is one).
+fn first_bad(v: &[f32]) -> usize {
+    v.iter().position(|x| !x.is_finite()).unwrap_or(v.len())
 }
 
 impl From<Vec<f32>> for F32Bytes {
@@ -104,6 +140,14 @@ mod tests {
         assert_eq!(dst, [2.5, 1.0, 4.25]);
         let bad = F32Bytes::from_f32(&[0.0, f32::NAN]);
         assert_eq!(bad.copy_into(&mut [0.0; 2]), Err(1));
+        assert_eq!(bad.add_into(&mut [0.0; 2]), Err(1));
+        // Unaligned bytes (a field inside a received message) take the decoding path.
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(F32Bytes::from_f32(&[1.0, f32::INFINITY, 2.0]).bytes());
+        let odd = F32Bytes::from_bytes(Bytes::from(raw).slice(1..)).expect("whole values");
+        let mut dst = [1.0; 3];
+        assert_eq!(odd.add_into(&mut dst), Err(1));
+        assert_eq!((dst[0], dst[2]), (2.0, 3.0));
         assert_eq!(F32Bytes::from_bytes(Bytes::from_static(&[0, 0, 0])), Err(3));
     }
 }

@@ -123,6 +123,9 @@ impl<M: Wire> RingSend<M> for GrpcSender<M> {
     }
 }
 
+/// gRPC copies a chunk's values into its message: the default.
+impl crate::ring::ChunkSend for GrpcSender<crate::ring::Chunk> {}
+
 impl<M: Wire> Drop for GrpcSender<M> {
     fn drop(&mut self) {
         // The verdict task ends with the stream; nothing waits for it any more.

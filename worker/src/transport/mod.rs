@@ -8,15 +8,19 @@
 //! - [`auth`]: the job token, attached by clients and checked in constant time by servers.
 //! - [`server`]: the `Peer` service, routing by generation, [`GrpcReceiver`].
 //! - [`client`]: connecting and [`GrpcSender`].
+//! - [`tcp`]: the raw TCP ring links (`cluster.ring_transport = "tcp"`), on the same port.
 //! - [`wire`]: conversions between generated messages and ring types; ring errors as statuses.
 
 pub use funnel_proto::auth;
 pub mod client;
 pub mod server;
+pub mod tcp;
 pub mod wire;
 
 use std::future::Future;
 
+use bytes::Bytes;
+use funnel_common::spec::RingTransport;
 use funnel_proto::v1 as pb;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,7 +31,8 @@ pub use client::{Client, GrpcSender, connect};
 pub use funnel_proto::tls::Security;
 pub use server::{GrpcReceiver, PeerNode};
 
-use crate::ring::{Chunk, PeerId, RingError, SparseBlock};
+use crate::ring::{Chunk, ChunkSend, PeerId, RingError, RingSend, SparseBlock};
+pub use tcp::TcpSender;
 
 /// Largest message either side accepts (tonic's default is 4 MiB). A sparse block carries one
 /// rank's rows for every table and can exceed that; chunks stay far below it.
@@ -43,6 +48,12 @@ pub trait Wire: Sized + Send + 'static {
     fn from_wire(m: Self::Pb, peer: &PeerId) -> Result<Self, RingError>;
     /// The (generation, sender rank) of a message, if it has a header.
     fn origin(m: &Self::Pb) -> Option<(u64, u32)>;
+    /// The kind a raw TCP link names in its handshake.
+    const KIND: tcp::frame::Kind;
+    /// Takes the bulk bytes out of `m` (a raw link sends them after the rest, as they are).
+    fn take_payload(m: &mut Self::Pb) -> Bytes;
+    /// Puts back what [`Wire::take_payload`] took; an error if this kind has none.
+    fn put_payload(m: &mut Self::Pb, payload: Bytes) -> Result<(), String>;
     /// Opens the RPC with `stream` as its request; returns a task that ends with the peer's
     /// refusal, if any, once the response half ends.
     fn open(
@@ -79,6 +90,17 @@ impl Wire for Chunk {
         m.header.as_ref().map(|h| (h.generation, h.sender_rank))
     }
 
+    const KIND: tcp::frame::Kind = tcp::frame::Kind::Chunks;
+
+    fn take_payload(m: &mut Self::Pb) -> Bytes {
+        std::mem::take(&mut m.values)
+    }
+
+    fn put_payload(m: &mut Self::Pb, payload: Bytes) -> Result<(), String> {
+        m.values = payload;
+        Ok(())
+    }
+
     async fn open(
         client: &mut Client,
         stream: ReceiverStream<Self::Pb>,
@@ -102,6 +124,23 @@ impl Wire for SparseBlock {
         m.header.as_ref().map(|h| (h.generation, h.sender_rank))
     }
 
+    const KIND: tcp::frame::Kind = tcp::frame::Kind::Sparse;
+
+    fn take_payload(_: &mut Self::Pb) -> Bytes {
+        Bytes::new()
+    }
+
+    fn put_payload(_: &mut Self::Pb, payload: Bytes) -> Result<(), String> {
+        if payload.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a sparse block frame with {} payload bytes",
+                payload.len()
+            ))
+        }
+    }
+
     async fn open(
         client: &mut Client,
         stream: ReceiverStream<Self::Pb>,
@@ -110,18 +149,72 @@ impl Wire for SparseBlock {
     }
 }
 
+/// The transport a job's ring links use, once `auto` is decided: a pure function of the
+/// configured choice and whether the job has TLS.
+pub fn ring_transport(choice: RingTransport, tls: bool) -> Result<RingTransport, String> {
+    match (choice, tls) {
+        (RingTransport::Auto, false) => Ok(RingTransport::Tcp),
+        (RingTransport::Auto, true) => Ok(RingTransport::Grpc),
+        (RingTransport::Tcp, true) => Err("cluster.ring_transport = \"tcp\" would send gradients \
+             in the clear on a TLS job: use \"grpc\" or \"auto\""
+            .into()),
+        (other, _) => Ok(other),
+    }
+}
+
+/// Sends one kind of ring message to the right-hand neighbour, over either transport.
+pub enum RingSender<M: Wire> {
+    /// A `funnel.v1.Peer` stream.
+    Grpc(GrpcSender<M>),
+    /// A raw TCP link.
+    Tcp(TcpSender<M>),
+}
+
+impl<M: Wire> RingSender<M> {
+    /// Ends the stream once the peer has read it; the peer's refusal if it sent one.
+    pub async fn finish(self) -> Result<(), RingError> {
+        match self {
+            RingSender::Grpc(s) => s.finish().await,
+            RingSender::Tcp(s) => s.finish().await,
+        }
+    }
+}
+
+impl<M: Wire> RingSend<M> for RingSender<M> {
+    async fn send(&mut self, msg: M) -> Result<(), RingError> {
+        match self {
+            RingSender::Grpc(s) => s.send(msg).await,
+            RingSender::Tcp(s) => s.send(msg).await,
+        }
+    }
+}
+
+impl ChunkSend for RingSender<Chunk> {
+    async fn send_range(
+        &mut self,
+        head: Chunk,
+        buf: &crate::ring::SharedBuf<'_>,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RingError> {
+        match self {
+            RingSender::Grpc(s) => s.send_range(head, buf, range).await,
+            RingSender::Tcp(s) => s.send_range(head, buf, range).await,
+        }
+    }
+}
+
 /// One rank's links for one generation: dense and sparse, both directions.
 pub struct GenerationLinks {
     /// Chunks to the right-hand neighbour.
-    pub chunk_tx: GrpcSender<Chunk>,
-    /// Chunks from the left-hand neighbour.
+    pub chunk_tx: RingSender<Chunk>,
+    /// Chunks from the left-hand neighbour (whichever transport it used).
     pub chunk_rx: GrpcReceiver<Chunk>,
     /// Sparse blocks to the right-hand neighbour.
-    pub sparse_tx: GrpcSender<SparseBlock>,
+    pub sparse_tx: RingSender<SparseBlock>,
     /// Sparse blocks from the left-hand neighbour.
     pub sparse_rx: GrpcReceiver<SparseBlock>,
-    /// The connection the two streams run on, held for as long as they are used.
-    _client: Client,
+    /// The gRPC connection the two streams run on, held for as long as they are used.
+    _client: Option<Client>,
 }
 
 impl GenerationLinks {
@@ -131,9 +224,10 @@ impl GenerationLinks {
         self.sparse_tx.finish().await
     }
 
-    /// Opens `generation` on `node` (accepting `left` only) and the streams to `right`.
-    /// Every rank must open its node before any neighbour's streams reach it, or those are
-    /// refused; the caller orders that (in the job, the coordinator's ring announcement).
+    /// Opens `generation` on `node` (accepting `left` only) and the links to `right` over
+    /// `transport` (`auto` decided by [`ring_transport`]). Every rank must open its node
+    /// before any neighbour's streams reach it, or those are refused; the caller orders that
+    /// (in the job, the coordinator's ring announcement).
     pub async fn open(
         node: &PeerNode,
         me: PeerId,
@@ -141,12 +235,26 @@ impl GenerationLinks {
         right: PeerId,
         generation: u64,
         security: &Security,
+        transport: RingTransport,
     ) -> Result<Self, RingError> {
         const CAPACITY: usize = 32;
+        let transport =
+            ring_transport(transport, security.tls.is_some()).map_err(RingError::Config)?;
         let (chunk_rx, sparse_rx) = node.open(generation, left, CAPACITY);
-        let mut client = connect(&right, security).await?;
-        let chunk_tx = GrpcSender::open(&mut client, me.clone(), right.clone(), CAPACITY).await?;
-        let sparse_tx = GrpcSender::open(&mut client, me, right, CAPACITY).await?;
+        let (chunk_tx, sparse_tx, client) = if transport == RingTransport::Tcp {
+            let chunks = TcpSender::open(me.clone(), right.clone(), &security.token).await?;
+            let sparse = TcpSender::open(me, right, &security.token).await?;
+            (RingSender::Tcp(chunks), RingSender::Tcp(sparse), None)
+        } else {
+            let mut client = connect(&right, security).await?;
+            let chunks = GrpcSender::open(&mut client, me.clone(), right.clone(), CAPACITY).await?;
+            let sparse = GrpcSender::open(&mut client, me, right, CAPACITY).await?;
+            (
+                RingSender::Grpc(chunks),
+                RingSender::Grpc(sparse),
+                Some(client),
+            )
+        };
         Ok(Self {
             chunk_tx,
             chunk_rx,
@@ -154,5 +262,22 @@ impl GenerationLinks {
             sparse_rx,
             _client: client,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_tcp_in_plaintext_and_grpc_with_tls_and_tcp_refuses_tls() {
+        use RingTransport::*;
+        assert_eq!(ring_transport(Auto, false), Ok(Tcp));
+        assert_eq!(ring_transport(Auto, true), Ok(Grpc));
+        assert_eq!(ring_transport(Grpc, false), Ok(Grpc));
+        assert_eq!(ring_transport(Grpc, true), Ok(Grpc));
+        assert_eq!(ring_transport(Tcp, false), Ok(Tcp));
+        let e = ring_transport(Tcp, true).expect_err("refused");
+        assert!(e.contains("cluster.ring_transport"), "{e}");
     }
 }

@@ -15,7 +15,6 @@ use pb::peer_server::{Peer, PeerServer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::JobToken;
@@ -24,7 +23,7 @@ use crate::ring::{Chunk, PeerId, RingError, RingRecv, SparseBlock};
 use funnel_proto::tls::Security;
 
 /// Messages waiting for the ring, of one kind, for the current generation.
-struct Slot<M> {
+pub(super) struct Slot<M> {
     generation: u64,
     left: Option<PeerId>,
     tx: Option<mpsc::Sender<Result<M, RingError>>>,
@@ -41,15 +40,15 @@ impl<M> Default for Slot<M> {
 }
 
 #[derive(Default)]
-struct Inbox {
-    chunks: Slot<Chunk>,
-    sparse: Slot<SparseBlock>,
+pub(super) struct Inbox {
+    pub(super) chunks: Slot<Chunk>,
+    pub(super) sparse: Slot<SparseBlock>,
 }
 
-type Shared = Arc<Mutex<Inbox>>;
+pub(super) type Shared = Arc<Mutex<Inbox>>;
 
 /// Bumped whenever the node opens a generation, so a stream that arrived first can wait for it.
-type Opened = Arc<tokio::sync::watch::Sender<u64>>;
+pub(super) type Opened = Arc<tokio::sync::watch::Sender<u64>>;
 
 /// How long a stream of a generation this rank has not opened yet waits for it: the ranks of a
 /// new ring learn of it at nearly the same moment, but a neighbour may connect first.
@@ -115,10 +114,20 @@ impl PeerNode {
             token.checker("grpc.reflection.v1.ServerReflection"),
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        // Nagle off on accepted sockets (tonic's `tcp_nodelay` does not reach an incoming we
-        // build): with it on, the server's small WINDOW_UPDATE frames waited for the sender's
-        // delayed ACK, ~40 ms stalls once a stream outgrew its window (issue 4 point 7).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // One port for both transports: each accepted connection is told apart by its first
+        // byte (`super::tcp::accept`); gRPC's go on to tonic through this channel.
+        let (grpc_tx, grpc_rx) = mpsc::channel(16);
+        tokio::spawn(super::tcp::accept(
+            listener,
+            grpc_tx,
+            super::tcp::LinkContext {
+                inbox: inbox.clone(),
+                opened: opened.clone(),
+                token: token.clone(),
+                tls: security.tls.is_some(),
+            },
+        ));
+        let incoming = ReceiverStream::new(grpc_rx);
         tokio::spawn(async move {
             let served = builder
                 .add_service(service)
@@ -277,15 +286,15 @@ impl Peer for PeerService {
         request: Request<Streaming<pb::AllReduceChunk>>,
     ) -> Result<Response<Self::AllReduceStream>, Status> {
         let (resp, out) = mpsc::channel(2);
-        let inbox = self.inbox.clone();
-        tokio::spawn(forward(
-            request.into_inner(),
-            inbox,
-            self.opened.subscribe(),
-            |i| &i.chunks,
-            resp,
-            |n| pb::AllReduceAck { chunks_received: n },
-        ));
+        let (inbox, opened) = (self.inbox.clone(), self.opened.subscribe());
+        tokio::spawn(async move {
+            let verdict = forward(request.into_inner(), inbox, opened, |i| &i.chunks).await;
+            if let Some(v) = verdict {
+                let _ = resp
+                    .send(v.map(|n| pb::AllReduceAck { chunks_received: n }))
+                    .await;
+            }
+        });
         Ok(Response::new(ReceiverStream::new(out)))
     }
 
@@ -294,30 +303,43 @@ impl Peer for PeerService {
         request: Request<Streaming<pb::SparseBlock>>,
     ) -> Result<Response<Self::SparseExchangeStream>, Status> {
         let (resp, out) = mpsc::channel(2);
-        let inbox = self.inbox.clone();
-        tokio::spawn(forward(
-            request.into_inner(),
-            inbox,
-            self.opened.subscribe(),
-            |i| &i.sparse,
-            resp,
-            |n| pb::SparseAck { blocks_received: n },
-        ));
+        let (inbox, opened) = (self.inbox.clone(), self.opened.subscribe());
+        tokio::spawn(async move {
+            let verdict = forward(request.into_inner(), inbox, opened, |i| &i.sparse).await;
+            if let Some(v) = verdict {
+                let _ = resp
+                    .send(v.map(|n| pb::SparseAck { blocks_received: n }))
+                    .await;
+            }
+        });
         Ok(Response::new(ReceiverStream::new(out)))
     }
 }
 
+/// The messages of one incoming stream, whatever carries them (a gRPC request stream, a raw
+/// TCP link).
+pub(super) trait Incoming<P>: Send {
+    /// The next message; `Ok(None)` at a clean end, `Err` when the stream broke.
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Option<P>, String>> + Send;
+}
+
+impl<P: prost::Message + Default + Send + 'static> Incoming<P> for Streaming<P> {
+    async fn next(&mut self) -> Result<Option<P>, String> {
+        self.message().await.map_err(|s| s.message().to_string())
+    }
+}
+
 /// Routes one incoming stream to the ring, or refuses it (stale generation, wrong sender).
-async fn forward<M: Wire, A>(
-    mut stream: Streaming<M::Pb>,
+/// Returns the verdict for the sender: the message count after a clean end, or the refusal;
+/// `None` when there is nobody to tell (the stream broke, or this rank closed the generation).
+pub(super) async fn forward<M: Wire, S: Incoming<M::Pb>>(
+    mut stream: S,
     inbox: Shared,
     mut opened: tokio::sync::watch::Receiver<u64>,
     slot: fn(&Inbox) -> &Slot<M>,
-    resp: mpsc::Sender<Result<A, Status>>,
-    ack: fn(u64) -> A,
-) {
-    let Ok(Some(mut msg)) = stream.message().await else {
-        return;
+) -> Option<Result<u64, Status>> {
+    let Ok(Some(mut msg)) = stream.next().await else {
+        return None;
     };
     let deadline = tokio::time::Instant::now() + OPEN_WAIT;
     let route = loop {
@@ -340,48 +362,47 @@ async fn forward<M: Wire, A>(
     let (tx, left) = match route {
         Ok(route) => route,
         Err(status) => {
-            // A misbehaving peer may retry without end: one line per 5 s, with the count.
-            let log = REFUSED_STREAMS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .check(std::time::Instant::now());
-            if let Some(suppressed) = log {
-                tracing::warn!(
-                    reason = status.message(),
-                    suppressed,
-                    "refused a peer stream"
-                );
-            }
-            let _ = resp.send(Err(status)).await;
-            return;
+            log_refusal(status.message());
+            return Some(Err(status));
         }
     };
     let mut count = 0;
     loop {
         let item = M::from_wire(msg, &left);
-        if let Err(e) = &item {
-            let _ = resp.send(Err(Status::from(e))).await;
+        let refusal = item.as_ref().err().map(Status::from);
+        if tx.send(item).await.is_err() {
+            return None;
         }
-        let bad = item.is_err();
-        if tx.send(item).await.is_err() || bad {
-            return;
+        if refusal.is_some() {
+            return refusal.map(Err);
         }
         count += 1;
-        msg = match stream.message().await {
+        msg = match stream.next().await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 // The sender is done with this generation: anything the ring still waits for
                 // will not come, so say so now rather than after the receive timeout.
                 let _ = tx.send(Err(RingError::link(&left, "stream ended"))).await;
-                let _ = resp.send(Ok(ack(count))).await;
-                return;
+                return Some(Ok(count));
             }
             Err(s) => {
-                let what = format!("stream broke: {}", s.message());
+                let what = format!("stream broke: {s}");
                 let _ = tx.send(Err(RingError::link(&left, what))).await;
-                return;
+                return None;
             }
         };
+    }
+}
+
+/// Logs a refused peer stream or link: a misbehaving peer may retry without end, so one line
+/// per 5 s, with the count of those suppressed.
+pub(super) fn log_refusal(reason: &str) {
+    let log = REFUSED_STREAMS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(std::time::Instant::now());
+    if let Some(suppressed) = log {
+        tracing::warn!(reason, suppressed, "refused a peer stream");
     }
 }
 

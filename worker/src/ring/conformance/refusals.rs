@@ -1,12 +1,13 @@
-//! Refusals, over both transports where they apply: a wrong layout hash, a stale generation,
+//! Refusals, over every transport where they apply: a wrong layout hash, a stale generation,
 //! a wrong or missing job token. Each must fail with the error that names the cause and the
 //! peer, never a hang or a panic.
 
 use std::time::Duration;
 
 use super::super::{Chunk, PeerId, RingError};
-use super::{KINDS, Kind, TOKEN, dense, random_buffers, tag};
-use crate::transport::{JobToken, PeerNode, Security};
+use super::{KINDS, Kind, NET, TOKEN, dense, random_buffers, tag};
+use crate::transport::{Client, GrpcSender, JobToken, PeerNode, RingSender, Security, TcpSender};
+use funnel_common::spec::RingTransport;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_layout_hash_is_refused_naming_the_peer() {
@@ -47,56 +48,67 @@ async fn stale_generation_is_refused() {
         _ => false,
     });
     assert!(found, "{outs:?}");
-    // Over gRPC the server refuses the stream before anything reaches the ring.
-    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
-    let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-        .await
-        .expect("server");
-    let me = PeerId {
-        rank: 0,
-        addr: node.addr().to_string(),
-    };
-    let (mut rx, _sparse_rx) = node.open(5, me.clone(), 4);
-    let mut client = crate::transport::connect(&me, &token)
-        .await
-        .expect("connect");
-    let mut tx =
-        crate::transport::GrpcSender::<Chunk>::open(&mut client, me.clone(), me.clone(), 4)
+    // Over the network the server refuses the stream before anything reaches the ring.
+    for transport in NET {
+        let token = Security::plain(JobToken::new(TOKEN).expect("token"));
+        let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
             .await
-            .expect("open");
-    let chunk = Chunk {
-        tag: tag(4),
-        phase: crate::ring::Phase::ReduceScatter,
-        round: 0,
-        segment: 0,
-        chunk: 0,
-        offset: 0,
-        values: vec![1.0].into(),
-    };
-    crate::ring::RingSend::send(&mut tx, chunk)
-        .await
-        .expect("queued");
-    match tx.finish().await {
-        Err(RingError::Refused { peer, status }) => {
-            assert_eq!(peer, me);
-            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-            assert!(
-                status.message().contains("stale generation 4"),
-                "{}",
-                status.message()
-            );
+            .expect("server");
+        let me = PeerId {
+            rank: 0,
+            addr: node.addr().to_string(),
+        };
+        let (mut rx, _sparse_rx) = node.open(5, me.clone(), 4);
+        let (mut tx, _client) = sender(transport, &me, &token).await.expect("open");
+        let chunk = Chunk {
+            tag: tag(4),
+            phase: crate::ring::Phase::ReduceScatter,
+            round: 0,
+            segment: 0,
+            chunk: 0,
+            offset: 0,
+            values: vec![1.0].into(),
+        };
+        crate::ring::RingSend::send(&mut tx, chunk)
+            .await
+            .expect("queued");
+        match tx.finish().await {
+            Err(RingError::Refused { peer, status }) => {
+                assert_eq!(peer, me);
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+                assert!(
+                    status.message().contains("stale generation 4"),
+                    "{transport:?}: {}",
+                    status.message()
+                );
+            }
+            other => panic!("{transport:?}: got {other:?}"),
         }
-        other => panic!("got {other:?}"),
+        let got = tokio::time::timeout(
+            Duration::from_millis(200),
+            crate::ring::RingRecv::recv(&mut rx),
+        )
+        .await;
+        assert!(
+            got.is_err(),
+            "{transport:?}: nothing of a stale generation reaches the ring"
+        );
     }
-    let got = tokio::time::timeout(
-        Duration::from_millis(200),
-        crate::ring::RingRecv::recv(&mut rx),
-    )
-    .await;
-    assert!(
-        got.is_err(),
-        "nothing of a stale generation reaches the ring"
-    );
+}
+
+/// A sender of chunks from `me` to itself over `transport` (and the gRPC connection to keep).
+async fn sender(
+    transport: RingTransport,
+    me: &PeerId,
+    security: &Security,
+) -> Result<(RingSender<Chunk>, Option<Client>), RingError> {
+    if transport == RingTransport::Tcp {
+        let tx = TcpSender::open(me.clone(), me.clone(), &security.token).await?;
+        return Ok((RingSender::Tcp(tx), None));
+    }
+    let mut client = crate::transport::connect(me, security).await?;
+    let tx = GrpcSender::open(&mut client, me.clone(), me.clone(), 4).await?;
+    Ok((RingSender::Grpc(tx), Some(client)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,18 +123,15 @@ async fn wrong_or_missing_token_is_unauthenticated() {
     };
     let _receivers = node.open(1, me.clone(), 4);
     let wrong = Security::plain(JobToken::new("not-the-token").expect("token"));
-    let mut client = crate::transport::connect(&me, &wrong)
-        .await
-        .expect("connect");
-    let open =
-        crate::transport::GrpcSender::<Chunk>::open(&mut client, me.clone(), me.clone(), 4).await;
-    match open {
-        Err(RingError::Refused { peer, status }) => {
-            assert_eq!(peer, me);
-            assert_eq!(status.code(), tonic::Code::Unauthenticated);
-            assert!(!status.message().contains("not-the-token"));
+    for transport in NET {
+        match sender(transport, &me, &wrong).await {
+            Err(RingError::Refused { peer, status }) => {
+                assert_eq!(peer, me);
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{transport:?}");
+                assert!(!status.message().contains("not-the-token"));
+            }
+            other => panic!("{transport:?}: got {:?}", other.err()),
         }
-        other => panic!("got {:?}", other.err()),
     }
     // No token at all: a bare generated client.
     let mut bare =
@@ -136,4 +145,89 @@ async fn wrong_or_missing_token_is_unauthenticated() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
+    use crate::transport::tcp::frame;
+    use tokio::io::AsyncWriteExt;
+
+    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
+    let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
+        .await
+        .expect("server");
+    let me = PeerId {
+        rank: 0,
+        addr: node.addr().to_string(),
+    };
+    let good = Chunk {
+        tag: tag(1),
+        phase: crate::ring::Phase::ReduceScatter,
+        round: 0,
+        segment: 0,
+        chunk: 0,
+        offset: 0,
+        values: vec![2.5, -1.0].into(),
+    };
+    let mut meta = crate::transport::wire::chunk_to_wire(good.clone(), &me);
+    let payload = std::mem::take(&mut meta.values);
+    let meta = prost::Message::encode_to_vec(&meta);
+    let bad_frames: [(Vec<u8>, &str); 2] = [
+        (
+            [&frame::frame_header(4, 0)[..], &[0xff; 4]].concat(),
+            "malformed frame",
+        ),
+        (
+            frame::frame_header(u32::MAX as usize, 0).to_vec(),
+            "at most",
+        ),
+    ];
+    for (bad, why) in bad_frames {
+        let (mut rx, _sparse_rx) = node.open(1, me.clone(), 4);
+        let mut link = tokio::net::TcpStream::connect(node.addr())
+            .await
+            .expect("connect");
+        link.write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes()))
+            .await
+            .expect("hello");
+        let (code, _) = frame::read_verdict(&mut link).await.expect("verdict");
+        assert_eq!(code, tonic::Code::Ok);
+        link.write_all(&frame::frame_header(meta.len(), payload.len()))
+            .await
+            .expect("header");
+        link.write_all(&meta).await.expect("meta");
+        link.write_all(&payload).await.expect("payload");
+        link.write_all(&bad).await.expect("bad frame");
+        let first = crate::ring::RingRecv::recv(&mut rx)
+            .await
+            .expect("good chunk");
+        assert_eq!(first, good);
+        match crate::ring::RingRecv::recv(&mut rx).await {
+            Err(RingError::Link { peer, what }) => {
+                assert_eq!(peer, me);
+                assert!(what.contains(why), "{what}");
+            }
+            other => panic!("{why}: got {other:?}"),
+        }
+    }
+    // A connection that starts like a raw link but is not one is dropped; gRPC still serves.
+    let mut junk = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connect");
+    junk.write_all(b"FUNNEL-JUNK/9\n\x01\x00\x00")
+        .await
+        .expect("junk");
+    let (code, text) = frame::read_verdict(&mut junk).await.expect("verdict");
+    assert_eq!(code, tonic::Code::InvalidArgument, "{text}");
+    let (mut tx, _client) = sender(RingTransport::Grpc, &me, &token)
+        .await
+        .expect("gRPC on the same port");
+    let (mut rx, _sparse_rx) = node.open(1, me.clone(), 4);
+    crate::ring::RingSend::send(&mut tx, good.clone())
+        .await
+        .expect("sent");
+    let got = crate::ring::RingRecv::recv(&mut rx)
+        .await
+        .expect("received");
+    assert_eq!(got, good);
 }
