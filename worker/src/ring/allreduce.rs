@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use super::values::F32Bytes;
+use super::values::{F32Bytes, NotFinite};
 
 use super::{
     Chunk, ChunkSend, PeerId, Phase, RingConfig, RingError, RingRecv, SharedBuf, StepTag, chunks,
@@ -43,23 +43,20 @@ where
     R: RingRecv<Chunk>,
 {
     cfg.check()?;
-    // A vectorised pass first; the index is looked for only when there is something to find.
-    let finite = buf.iter().fold(true, |ok, v| ok & v.is_finite());
-    if let Some(k) = (!finite)
-        .then(|| buf.iter().position(|v| !v.is_finite()))
-        .flatten()
-    {
-        return Err(RingError::Input(format!(
-            "local value {k} of {} is not finite ({})",
-            buf.len(),
-            buf[k]
-        )));
-    }
     let n = cfg.size;
+    let segs = segments(buf.len(), n);
+    // Local values must be finite. The own segment (sent as it is) is scanned here; every
+    // other segment is checked as received values are added into it (`add_into` reports a
+    // bad local value apart from a bad received one), which saves a pass over the buffer.
+    let own_segment = if n == 1 {
+        0..buf.len()
+    } else {
+        segs[cfg.rank].clone()
+    };
+    check_local(&buf[own_segment.clone()], own_segment.start, buf.len())?;
     if n == 1 {
         return Ok(());
     }
-    let segs = segments(buf.len(), n);
     // What to send, in wire order: reduce-scatter round 0 is this rank's own segment as it is;
     // every received chunk but the last round's is forwarded once applied. Entries name a
     // range of `buf`, copied into a pooled buffer only when the sender gets to them, so a rank
@@ -130,9 +127,12 @@ where
                 let forward = k + 1 < total;
                 let applied = buf.write(range.clone(), |dst| match phase {
                     Phase::ReduceScatter => msg.values.add_into(dst),
-                    Phase::AllGather => msg.values.copy_into(dst),
+                    Phase::AllGather => msg.values.copy_into(dst).map_err(NotFinite::Received),
                 });
-                if let Err(k) = applied {
+                if let Err(NotFinite::Local(k)) = applied {
+                    return Err(local_not_finite(range.start + k, buf.len()));
+                }
+                if let Err(NotFinite::Received(k)) = applied {
                     // The step is dropped: the partly summed buffer is never used.
                     return Err(RingError::invalid(
                         rx.peer(),
@@ -161,6 +161,20 @@ where
     };
     tokio::try_join!(sending, receiving)?;
     Ok(())
+}
+
+/// Checks that `values` (starting at `offset` of a buffer of `len`) are finite.
+fn check_local(values: &[f32], offset: usize, len: usize) -> Result<(), RingError> {
+    // A vectorised pass first; the index is looked for only when there is something to find.
+    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return Ok(());
+    }
+    let k = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(local_not_finite(offset + k, len))
+}
+
+fn local_not_finite(k: usize, len: usize) -> RingError {
+    RingError::Input(format!("local value {k} of {len} is not finite"))
 }
 
 /// Locks `m`; a poisoned lock (a panic elsewhere) still gives its data.

@@ -169,6 +169,16 @@ impl<'a> SharedBuf<'a> {
         f(&self.0.lock().unwrap_or_else(|p| p.into_inner())[range])
     }
 
+    /// The buffer's length.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Runs `f` on `buf[range]`, mutably.
     pub fn write<R>(&self, range: Range<usize>, f: impl FnOnce(&mut [f32]) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner())[range])

@@ -43,9 +43,12 @@ impl BufferPool {
 
     /// An empty buffer with room for at least `capacity` bytes.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
+        // The newest buffer big enough: growing a smaller one would reallocate it (the last
+        // chunk of a segment is shorter than the others, so sizes do mix).
         let spare = {
             let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            let buf = spare.buffers.pop();
+            let fit = spare.buffers.iter().rposition(|b| b.capacity() >= capacity);
+            let buf = fit.map(|k| spare.buffers.swap_remove(k));
             spare.bytes -= buf.as_ref().map_or(0, Vec::capacity);
             buf
         };
@@ -119,6 +122,14 @@ mod tests {
         assert_eq!(POOL.spare_count(), 1);
         let b = POOL.take(50);
         assert_eq!((b.as_ptr(), b.len()), (ptr, 0), "the same buffer, emptied");
+        drop(POOL.bytes(b));
+        // A request bigger than every spare buffer gets a new one; the spare stays.
+        let big = POOL.take(200);
+        assert!(big.capacity() >= 200 && big.as_ptr() != ptr);
+        assert_eq!(POOL.spare_count(), 1);
+        let b = POOL.take(100);
+        assert_eq!(b.as_ptr(), ptr);
+        drop(big);
         // Too big to keep, and the pool is bounded.
         drop(POOL.bytes(vec![0; 2048]));
         assert_eq!(POOL.spare_count(), 0);

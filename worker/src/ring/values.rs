@@ -64,32 +64,50 @@ impl F32Bytes {
         self.iter().collect()
     }
 
-    /// Adds the values into `dst` (same length); `Err(k)` if value `k` is not finite, in which
-    /// case `dst` is partly updated and the step must be dropped.
-    pub fn add_into(&self, dst: &mut [f32]) -> Result<(), usize> {
+    /// Adds the values into `dst` (same length). An error names the first value that is not
+    /// finite, received or already in `dst` (a local value), in which case `dst` is partly
+    /// updated and the step must be dropped.
+    pub fn add_into(&self, dst: &mut [f32]) -> Result<(), NotFinite> {
         match self.as_f32() {
             Some(src) => {
-                // One pass the compiler vectorises: the sum and a running finiteness flag.
-                let mut finite = true;
+                // One pass the compiler vectorises: the sum and running finiteness flags.
+                let (mut got, mut had) = (true, true);
                 for (d, v) in dst.iter_mut().zip(src) {
-                    finite &= v.is_finite();
+                    got &= v.is_finite();
+                    had &= d.is_finite();
                     *d += v;
                 }
-                if finite { Ok(()) } else { Err(first_bad(src)) }
+                if got && had {
+                    Ok(())
+                } else if !got {
+                    Err(NotFinite::Received(first_bad(src)))
+                } else {
+                    // `dst` now holds sums: the first non-finite one is the first bad local
+                    // value or a later one (a non-finite local value stays non-finite).
+                    Err(NotFinite::Local(first_bad(dst)))
+                }
             }
-            None => self.apply(dst, |d, v| *d += v),
+            None => {
+                if let Some(k) = dst.iter().position(|d| !d.is_finite()) {
+                    return Err(NotFinite::Local(k));
+                }
+                self.apply(dst, |d, v| *d += v).map_err(NotFinite::Received)
+            }
         }
     }
 
     /// Copies the values into `dst` (same length); `Err(k)` if value `k` is not finite.
     pub fn copy_into(&self, dst: &mut [f32]) -> Result<(), usize> {
         match self.as_f32() {
-            Some(src) if src.len() == dst.len() => {
-                dst.copy_from_slice(src);
-                let finite = src.iter().fold(true, |ok, v| ok & v.is_finite());
+            Some(src) => {
+                let mut finite = true;
+                for (d, v) in dst.iter_mut().zip(src) {
+                    finite &= v.is_finite();
+                    *d = *v;
+                }
                 if finite { Ok(()) } else { Err(first_bad(src)) }
             }
-            _ => self.apply(dst, |d, v| *d = v),
+            None => self.apply(dst, |d, v| *d = v),
         }
     }
 
@@ -116,6 +134,15 @@ impl F32Bytes {
     }
 }
 
+/// Which value of an addition was not finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFinite {
+    /// A received value, at this index.
+    Received(usize),
+    /// A value of the local buffer, at this index.
+    Local(usize),
+}
+
 /// Index of the first non-finite value (there is one).
 fn first_bad(v: &[f32]) -> usize {
     v.iter().position(|x| !x.is_finite()).unwrap_or(v.len())
@@ -140,14 +167,21 @@ mod tests {
         assert_eq!(dst, [2.5, 1.0, 4.25]);
         let bad = F32Bytes::from_f32(&[0.0, f32::NAN]);
         assert_eq!(bad.copy_into(&mut [0.0; 2]), Err(1));
-        assert_eq!(bad.add_into(&mut [0.0; 2]), Err(1));
+        assert_eq!(bad.add_into(&mut [0.0; 2]), Err(NotFinite::Received(1)));
+        let good = F32Bytes::from_f32(&[1.0, 1.0, 1.0]);
+        let mut local = [0.0, f32::INFINITY, f32::NAN];
+        assert_eq!(good.add_into(&mut local), Err(NotFinite::Local(1)));
         // Unaligned bytes (a field inside a received message) take the decoding path.
         let mut raw = vec![0u8];
         raw.extend_from_slice(F32Bytes::from_f32(&[1.0, f32::INFINITY, 2.0]).bytes());
         let odd = F32Bytes::from_bytes(Bytes::from(raw).slice(1..)).expect("whole values");
         let mut dst = [1.0; 3];
-        assert_eq!(odd.add_into(&mut dst), Err(1));
+        assert_eq!(odd.add_into(&mut dst), Err(NotFinite::Received(1)));
         assert_eq!((dst[0], dst[2]), (2.0, 3.0));
+        assert_eq!(
+            odd.add_into(&mut [0.0, f32::NAN, 0.0]),
+            Err(NotFinite::Local(1))
+        );
         assert_eq!(F32Bytes::from_bytes(Bytes::from_static(&[0, 0, 0])), Err(3));
     }
 }

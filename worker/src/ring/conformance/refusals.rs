@@ -231,3 +231,29 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         .expect("received");
     assert_eq!(got, good);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_value_that_is_not_finite_is_refused_as_local() {
+    // Rank 1 of 3 with 30 values: its own segment is 10..20 (checked before anything is
+    // sent), segment 0 is added into in reduce-scatter round 0 (checked as it is added).
+    for kind in KINDS {
+        for (at, bad) in [(14, f32::NAN), (3, f32::INFINITY)] {
+            let mut inputs = random_buffers(3, 30, 3);
+            inputs[1][at] = bad;
+            let (outs, _) = dense(kind, &[tag(1); 3], 4, 500, inputs).await;
+            match &outs[1] {
+                Err(RingError::Input(what)) => {
+                    assert!(what.contains(&format!("local value {at} of 30")), "{what}")
+                }
+                other => panic!("{kind:?} at {at}: {other:?}"),
+            }
+            // Nobody finishes a step one rank dropped, and nobody blames rank 1's neighbours.
+            for (r, out) in outs.iter().enumerate() {
+                assert!(
+                    !matches!(out, Ok(_) | Err(RingError::Invalid { .. })),
+                    "{kind:?} at {at}: rank {r}: {out:?}"
+                );
+            }
+        }
+    }
+}
