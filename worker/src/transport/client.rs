@@ -8,13 +8,12 @@
 use funnel_proto::v1 as pb;
 use pb::peer_client::PeerClient;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::auth::AttachToken;
+use super::verdict::Verdict;
 use super::{MAX_MESSAGE_BYTES, Wire};
 use crate::ring::{PeerId, RingError, RingSend};
 use funnel_proto::tls::Security;
@@ -46,12 +45,9 @@ pub async fn connect(peer: &PeerId, security: &Security) -> Result<Client, RingE
 /// Sends one kind of ring message to the right-hand neighbour over one open stream.
 pub struct GrpcSender<M: Wire> {
     me: PeerId,
-    peer: PeerId,
     tx: Option<mpsc::Sender<M::Pb>>,
-    /// The task watching the response half, until its verdict is taken.
-    watch: Option<JoinHandle<Option<Status>>>,
-    /// The peer's refusal, once known.
-    refusal: Option<Status>,
+    /// The peer's verdict, from the response half.
+    verdict: Verdict,
 }
 
 impl<M: Wire> GrpcSender<M> {
@@ -69,45 +65,27 @@ impl<M: Wire> GrpcSender<M> {
             .map_err(|s| super::wire::refused(&peer, s))?;
         Ok(Self {
             me,
-            peer,
             tx: Some(tx),
-            watch: Some(verdict),
-            refusal: None,
+            verdict: Verdict::new(peer, verdict),
         })
     }
 
     /// Ends the stream and waits for the peer's verdict: `Ok` when it accepted everything.
     pub async fn finish(mut self) -> Result<(), RingError> {
-        match self.verdict().await {
-            None => Ok(()),
-            Some(status) => Err(super::wire::refused(&self.peer, status)),
-        }
-    }
-
-    /// Closes the request half and waits for the response half to end; the peer's refusal if
-    /// it sent one.
-    async fn verdict(&mut self) -> Option<Status> {
         self.tx = None;
-        if let Some(watch) = self.watch.take() {
-            self.refusal = watch
-                .await
-                .unwrap_or_else(|e| Some(Status::internal(e.to_string())));
-        }
-        self.refusal.clone()
+        self.verdict.result().await
     }
 
     /// Why the stream is closed, as a ring error.
     async fn closed(&mut self) -> RingError {
-        match self.verdict().await {
-            Some(status) => super::wire::refused(&self.peer, status),
-            None => RingError::link(&self.peer, "stream closed by the peer"),
-        }
+        self.tx = None;
+        self.verdict.closed().await
     }
 }
 
 impl<M: Wire> RingSend<M> for GrpcSender<M> {
     async fn send(&mut self, msg: M) -> Result<(), RingError> {
-        if self.watch.as_ref().is_none_or(|w| w.is_finished()) {
+        if !self.verdict.open() {
             return Err(self.closed().await);
         }
         let wire = M::to_wire(msg, &self.me);
@@ -125,15 +103,6 @@ impl<M: Wire> RingSend<M> for GrpcSender<M> {
 
 /// gRPC copies a chunk's values into its message: the default.
 impl crate::ring::ChunkSend for GrpcSender<crate::ring::Chunk> {}
-
-impl<M: Wire> Drop for GrpcSender<M> {
-    fn drop(&mut self) {
-        // The verdict task ends with the stream; nothing waits for it any more.
-        if let Some(watch) = &self.watch {
-            watch.abort();
-        }
-    }
-}
 
 /// The ring's state that `donor` published for workers joining in `generation`.
 pub async fn fetch_state(

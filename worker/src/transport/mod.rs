@@ -9,12 +9,14 @@
 //! - [`server`]: the `Peer` service, routing by generation, [`GrpcReceiver`].
 //! - [`client`]: connecting and [`GrpcSender`].
 //! - [`tcp`]: the raw TCP ring links (`cluster.ring_transport = "tcp"`), on the same port.
+//! - [`verdict`]: the peer's verdict on an outgoing stream, watched while it is written.
 //! - [`wire`]: conversions between generated messages and ring types; ring errors as statuses.
 
 pub use funnel_proto::auth;
 pub mod client;
 pub mod server;
 pub mod tcp;
+pub mod verdict;
 pub mod wire;
 
 use std::future::Future;

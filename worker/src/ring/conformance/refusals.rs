@@ -50,14 +50,7 @@ async fn stale_generation_is_refused() {
     assert!(found, "{outs:?}");
     // Over the network the server refuses the stream before anything reaches the ring.
     for transport in NET {
-        let token = Security::plain(JobToken::new(TOKEN).expect("token"));
-        let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-            .await
-            .expect("server");
-        let me = PeerId {
-            rank: 0,
-            addr: node.addr().to_string(),
-        };
+        let (node, me, token) = node().await;
         let (mut rx, _sparse_rx) = node.open(5, me.clone(), 4);
         let (mut tx, _client) = sender(transport, &me, &token).await.expect("open");
         let chunk = Chunk {
@@ -96,6 +89,19 @@ async fn stale_generation_is_refused() {
     }
 }
 
+/// A peer server with the conformance token, and itself as rank 0.
+async fn node() -> (PeerNode, PeerId, Security) {
+    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
+    let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
+        .await
+        .expect("server");
+    let me = PeerId {
+        rank: 0,
+        addr: node.addr().to_string(),
+    };
+    (node, me, token)
+}
+
 /// A sender of chunks from `me` to itself over `transport` (and the gRPC connection to keep).
 async fn sender(
     transport: RingTransport,
@@ -113,14 +119,7 @@ async fn sender(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_or_missing_token_is_unauthenticated() {
-    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
-    let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-        .await
-        .expect("server");
-    let me = PeerId {
-        rank: 0,
-        addr: node.addr().to_string(),
-    };
+    let (node, me, _token) = node().await;
     let _receivers = node.open(1, me.clone(), 4);
     let wrong = Security::plain(JobToken::new("not-the-token").expect("token"));
     for transport in NET {
@@ -152,14 +151,7 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
     use crate::transport::tcp::frame;
     use tokio::io::AsyncWriteExt;
 
-    let token = Security::plain(JobToken::new(TOKEN).expect("token"));
-    let node = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-        .await
-        .expect("server");
-    let me = PeerId {
-        rank: 0,
-        addr: node.addr().to_string(),
-    };
+    let (node, me, token) = node().await;
     let good = Chunk {
         tag: tag(1),
         phase: crate::ring::Phase::ReduceScatter,

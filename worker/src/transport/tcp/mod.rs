@@ -23,10 +23,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
 use super::server::{Inbox, Incoming, Opened, Shared, Slot, forward, log_refusal};
+use super::verdict::Verdict;
 use super::{JobToken, MAX_MESSAGE_BYTES, Wire};
 use crate::ring::{Chunk, ChunkSend, PeerId, RingError, RingSend, SharedBuf, SparseBlock};
 use frame::{FrameReader, Kind};
@@ -182,11 +182,9 @@ async fn connect(addr: &str) -> std::io::Result<TcpStream> {
 /// Sends one kind of ring message to the right-hand neighbour over a raw link.
 pub struct TcpSender<M: Wire> {
     me: PeerId,
-    peer: PeerId,
     write: OwnedWriteHalf,
-    /// Reads the peer's final verdict (or a refusal), until it is taken.
-    watch: Option<JoinHandle<Option<Status>>>,
-    refusal: Option<Status>,
+    /// The peer's final verdict (or a refusal), read from the link.
+    verdict: Verdict,
     /// Frame header and meta of the message being sent.
     scratch: Vec<u8>,
     _kind: PhantomData<fn(M)>,
@@ -225,10 +223,8 @@ impl<M: Wire> TcpSender<M> {
         });
         Ok(Self {
             me,
-            peer,
             write,
-            watch: Some(watch),
-            refusal: None,
+            verdict: Verdict::new(peer, watch),
             scratch: Vec::new(),
             _kind: PhantomData,
         })
@@ -237,33 +233,18 @@ impl<M: Wire> TcpSender<M> {
     /// Ends the link and waits for the peer's verdict: `Ok` when it accepted everything.
     pub async fn finish(mut self) -> Result<(), RingError> {
         let _ = self.write.shutdown().await;
-        match self.verdict().await {
-            None => Ok(()),
-            Some(status) => Err(super::wire::refused(&self.peer, status)),
-        }
-    }
-
-    async fn verdict(&mut self) -> Option<Status> {
-        if let Some(watch) = self.watch.take() {
-            self.refusal = watch
-                .await
-                .unwrap_or_else(|e| Some(Status::internal(e.to_string())));
-        }
-        self.refusal.clone()
+        self.verdict.result().await
     }
 
     /// Why the link is closed, as a ring error.
     async fn closed(&mut self) -> RingError {
-        match self.verdict().await {
-            Some(status) => super::wire::refused(&self.peer, status),
-            None => RingError::link(&self.peer, "link closed by the peer"),
-        }
+        self.verdict.closed().await
     }
 }
 
 impl<M: Wire> RingSend<M> for TcpSender<M> {
     async fn send(&mut self, msg: M) -> Result<(), RingError> {
-        if self.watch.as_ref().is_none_or(|w| w.is_finished()) {
+        if !self.verdict.open() {
             return Err(self.closed().await);
         }
         let mut wire = M::to_wire(msg, &self.me);
@@ -305,7 +286,7 @@ impl ChunkSend for TcpSender<Chunk> {
             let values = buf.read(range, crate::ring::F32Bytes::from_f32);
             return self.send(Chunk { values, ..head }).await;
         }
-        if self.watch.as_ref().is_none_or(|w| w.is_finished()) {
+        if !self.verdict.open() {
             return Err(self.closed().await);
         }
         let len = range.len() * 4;
@@ -327,13 +308,5 @@ impl ChunkSend for TcpSender<Chunk> {
             }
         }
         Ok(())
-    }
-}
-
-impl<M: Wire> Drop for TcpSender<M> {
-    fn drop(&mut self) {
-        if let Some(watch) = &self.watch {
-            watch.abort();
-        }
     }
 }
