@@ -15,8 +15,9 @@
 //! - [`cluster`]: `funnel worker`: a member of a distributed job (coordinator client, leases,
 //!   the step's all-reduce buffer, the distributed step loop).
 //! - [`ring`]: ring all-reduce of the dense buffer and the sparse-gradient exchange, written once
-//!   against a small transport trait; an in-memory transport.
-//! - [`transport`]: the ring over gRPC (the `funnel.v1.Peer` service) with the job token.
+//!   against a small transport trait; an in-memory transport; recycled chunk buffers.
+//! - [`transport`]: the ring between processes: the `funnel.v1.Peer` gRPC service and raw TCP
+//!   links on the same port, both with the job token.
 //! - [`telemetry`]: a worker's counters and its HTTP `/healthz` and `/metrics`.
 
 pub mod cluster;
