@@ -249,7 +249,7 @@ impl LabelRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TowerSpec {
-    /// `mlp`, `dcn-v2` or `deepfm`.
+    /// `mlp`, `dcn-v2`, `deepfm` or `deep-fwfm`.
     #[serde(default)]
     pub kind: TowerKind,
     /// Hidden layer widths.
@@ -292,6 +292,9 @@ pub enum TowerKind {
     DcnV2,
     /// DeepFM: factorisation machine beside an MLP.
     Deepfm,
+    /// DeepFwFM: DeepFM whose FM term is field-weighted per tower (Pan et al. 2018): each tower
+    /// weighs every pair of embedding fields' dot product with its own learned weight.
+    DeepFwfm,
 }
 
 /// `[optimizer]`.
