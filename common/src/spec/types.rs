@@ -316,6 +316,10 @@ pub struct OptimizerSpec {
     /// L2 weight decay on dense parameters.
     #[serde(default)]
     pub weight_decay: f64,
+    /// L2 weight decay on the embedding rows a step touches (`lazy-adam` only): `lambda * w`
+    /// is added to each touched row's gradient.
+    #[serde(default)]
+    pub sparse_weight_decay: f64,
 }
 
 impl Default for OptimizerSpec {
@@ -326,6 +330,7 @@ impl Default for OptimizerSpec {
             sparse: SparseOptimizer::default(),
             sparse_lr: None,
             weight_decay: 0.0,
+            sparse_weight_decay: 0.0,
         }
     }
 }
