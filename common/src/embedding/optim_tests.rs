@@ -274,8 +274,9 @@ fn lazy_adam_weight_decay_adds_l2_to_touched_rows_only() {
     opt.step(&mut t, &g);
     let mut g_l2 = dense(&g);
     for &id in &g.ids {
-        for i in id as usize * DIM..(id as usize + 1) * DIM {
-            g_l2[i] += 0.5 * f64::from(t0.data()[i]);
+        let r = id as usize * DIM..(id as usize + 1) * DIM;
+        for (g, &w) in g_l2[r.clone()].iter_mut().zip(&t0.data()[r]) {
+            *g += 0.5 * f64::from(w);
         }
     }
     let plain = AdamConfig {
@@ -285,8 +286,9 @@ fn lazy_adam_weight_decay_adds_l2_to_touched_rows_only() {
     let want = dense_adam(t0.data(), &[g_l2], plain);
     for id in 0..ROWS as u32 {
         if g.ids.contains(&id) {
-            for i in id as usize * DIM..(id as usize + 1) * DIM {
-                assert!(close(f64::from(t.data()[i]), want[i], 1e-6), "row {id}");
+            let r = id as usize * DIM..(id as usize + 1) * DIM;
+            for (&got, &w) in t.data()[r.clone()].iter().zip(&want[r]) {
+                assert!(close(f64::from(got), w, 1e-6), "row {id}");
             }
         } else {
             assert_eq!(t.row(id), t0.row(id), "untouched row {id} moved");
