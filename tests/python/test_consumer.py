@@ -207,11 +207,16 @@ def tower_logit(card, tensors, tower: str, x: np.ndarray) -> np.ndarray:
     for i in range(len(spec["hidden"])):
         h = np.maximum(linear(tensors, f"{p}.layers.{i}", h), 0.0)
     logit = linear(tensors, f"{p}.out", h)[:, 0]
-    if spec["kind"] == "deepfm":
+    if spec["kind"] in ("deepfm", "deep-fwfm"):
         logit = logit + linear(tensors, f"{p}.first_order", x)[:, 0]
         fields = [i for i in card["input"] if i["kind"] in ("categorical", "list")]
         v = np.stack([x[:, f["offset"]: f["offset"] + f["width"]] for f in fields], axis=1)  # [n, F, k]
-        logit = logit + 0.5 * ((v.sum(axis=1) ** 2) - (v ** 2).sum(axis=1)).sum(axis=1)
+        if spec["kind"] == "deepfm":
+            logit = logit + 0.5 * ((v.sum(axis=1) ** 2) - (v ** 2).sum(axis=1)).sum(axis=1)
+        else:
+            pairs = [(f, g) for f in range(len(fields)) for g in range(f + 1, len(fields))]
+            w = tensors[f"{p}.fm_pairs.weight"][0]
+            logit = logit + sum(w[i] * (v[:, f] * v[:, g]).sum(axis=1) for i, (f, g) in enumerate(pairs))
     return logit
 
 
@@ -236,7 +241,7 @@ def forward(card, tensors, x: np.ndarray) -> dict:
 
 # ---- the test ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["mlp", "dcn-v2", "deepfm"])
+@pytest.mark.parametrize("kind", ["mlp", "dcn-v2", "deepfm", "deep-fwfm"])
 def test_consumer_reproduces_funnel_predict(data, kind):
     root = data / kind
     out = root / "output"

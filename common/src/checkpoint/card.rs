@@ -151,7 +151,7 @@ pub struct InputCard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TowersCard {
-    /// `mlp`, `dcn-v2` or `deepfm`.
+    /// `mlp`, `dcn-v2`, `deepfm` or `deep-fwfm`.
     pub kind: TowerKind,
     /// Hidden widths.
     pub hidden: Vec<usize>,
@@ -308,6 +308,12 @@ fn forward_text(kind: TowerKind) -> String {
             "{mlp}; logit += x @ first_order.weight^T + first_order.bias + \
              0.5 * sum_k[(sum_f v_fk)^2 - sum_f v_fk^2], where v_f (f = 1..F, all of one width \
              k) are the slices of x of the categorical and list inputs"
+        ),
+        TowerKind::DeepFwfm => format!(
+            "{mlp}; logit += x @ first_order.weight^T + first_order.bias + \
+             sum_p fm_pairs.weight[0, p] * (v_f . v_g), over the pairs p = (f, g), f < g, in \
+             order (0,1), (0,2), ..., (0,F-1), (1,2), ..., where v_f (f = 1..F, all of one \
+             width k) are the slices of x of the categorical and list inputs"
         ),
     };
     format!("{s}; t = sigmoid(logit); linear weights are [out, in]")

@@ -88,16 +88,19 @@ pub struct AdamConfig {
     pub beta2: f64,
     /// Added to `sqrt(v)`.
     pub eps: f64,
+    /// L2 weight decay: `weight_decay * w` is added to a touched row's gradient.
+    pub weight_decay: f64,
 }
 
 impl AdamConfig {
-    /// `lr` with betas (0.9, 0.999) and eps 1e-8.
+    /// `lr` with betas (0.9, 0.999), eps 1e-8 and no weight decay.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
         }
     }
 }
@@ -147,7 +150,13 @@ impl SparseOptimizerConfig {
 
     /// `[optimizer]`: `sparse` with `sparse_lr`, or `lr` when that is absent.
     pub fn from_spec(spec: &OptimizerSpec) -> Self {
-        Self::from_kind(spec.sparse, spec.sparse_lr.unwrap_or(spec.lr))
+        match Self::from_kind(spec.sparse, spec.sparse_lr.unwrap_or(spec.lr)) {
+            Self::LazyAdam(c) => Self::LazyAdam(AdamConfig {
+                weight_decay: spec.sparse_weight_decay,
+                ..c
+            }),
+            other => other,
+        }
     }
 
     /// A fresh optimizer for a `[rows, dim]` table.

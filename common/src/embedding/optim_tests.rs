@@ -253,3 +253,45 @@ fn a_gradient_of_another_dimension_panics() {
     let g = SparseGrad::new(0, 2, vec![1], vec![1.0, 2.0]).expect("grad");
     LazyAdam::new(AdamConfig::new(0.1), ROWS, DIM).step(&mut t, &g);
 }
+
+#[test]
+fn lazy_adam_weight_decay_adds_l2_to_touched_rows_only() {
+    // sparse_weight_decay from the spec reaches LazyAdam; a step with it equals a step without
+    // it on the gradient g + wd * w of the touched rows, and untouched rows do not decay.
+    let spec = OptimizerSpec {
+        sparse: Kind::LazyAdam,
+        sparse_lr: Some(0.01),
+        sparse_weight_decay: 0.5,
+        ..OptimizerSpec::default()
+    };
+    let SparseOptimizerConfig::LazyAdam(c) = SparseOptimizerConfig::from_spec(&spec) else {
+        panic!("lazy-adam expected");
+    };
+    assert_eq!(c.weight_decay, 0.5);
+    let (mut t, t0) = (table(5), table(5));
+    let g = grad(&[0, 6], 7);
+    let mut opt = LazyAdam::new(c, ROWS, DIM);
+    opt.step(&mut t, &g);
+    let mut g_l2 = dense(&g);
+    for &id in &g.ids {
+        let r = id as usize * DIM..(id as usize + 1) * DIM;
+        for (g, &w) in g_l2[r.clone()].iter_mut().zip(&t0.data()[r]) {
+            *g += 0.5 * f64::from(w);
+        }
+    }
+    let plain = AdamConfig {
+        weight_decay: 0.0,
+        ..c
+    };
+    let want = dense_adam(t0.data(), &[g_l2], plain);
+    for id in 0..ROWS as u32 {
+        if g.ids.contains(&id) {
+            let r = id as usize * DIM..(id as usize + 1) * DIM;
+            for (&got, &w) in t.data()[r.clone()].iter().zip(&want[r]) {
+                assert!(close(f64::from(got), w, 1e-6), "row {id}");
+            }
+        } else {
+            assert_eq!(t.row(id), t0.row(id), "untouched row {id} moved");
+        }
+    }
+}

@@ -26,7 +26,8 @@ fn check(table: &EmbeddingTable, grad: &SparseGrad, dim: usize) {
 /// Adam on touched rows, with PyTorch `SparseAdam` semantics: the moments `m`, `v` of a row
 /// change only when the row is touched, but bias correction uses the table's global step count
 /// `t` (one per call to `step`, touched or not), as PyTorch `SparseAdam` and TF's `LazyAdam` do
-/// (not a per-row count). Per value:
+/// (not a per-row count). Per value, with `g += weight_decay * w` first (L2 on touched rows
+/// only; `optimizer.sparse_weight_decay`, 0 by default):
 /// `m += (1 - b1)(g - m)`, `v += (1 - b2)(g^2 - v)`,
 /// `w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`.
 /// `eps` is added to `sqrt(v)` before bias correction, exactly as in `SparseAdam` (dense
@@ -87,6 +88,7 @@ impl SparseOptimizer for LazyAdam {
         let neg_step_size = (-(c.lr * bc2.sqrt() / bc1)) as f32;
         let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let eps = c.eps as f32;
+        let wd = c.weight_decay as f32;
         let d = self.dim;
         let weights = table.data_mut();
         for (&id, g) in grad.ids.iter().zip(grad.rows.chunks_exact(d)) {
@@ -97,6 +99,7 @@ impl SparseOptimizer for LazyAdam {
                 &mut self.v[r],
             );
             for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                let g = g + wd * *w;
                 let m_new = *m + (g - *m) * one_b1;
                 let v_new = *v + (g * g - *v) * one_b2;
                 *m = m_new;

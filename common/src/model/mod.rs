@@ -130,7 +130,7 @@ pub struct FunnelModel {
     targets: Vec<usize>,
     towers: Vec<TowerPlan>,
     tower_spec: TowerSpec,
-    /// DeepFM: `(fields, k)` of the FM term.
+    /// DeepFM and DeepFwFM: `(fields, k)` of the FM term.
     fm: Option<(usize, usize)>,
     layout: ParamLayout,
     params: Vec<f32>,
@@ -169,13 +169,23 @@ impl FunnelModel {
             )));
         }
         let fm = match spec.kind {
-            TowerKind::Deepfm => match dims.fields.first() {
+            TowerKind::Deepfm | TowerKind::DeepFwfm => match dims.fields.first() {
                 Some(&k) if k > 0 && dims.fields.iter().all(|&d| d == k) => {
+                    if spec.kind == TowerKind::DeepFwfm && dims.fields.len() < 2 {
+                        return Err(ModelError::Config(
+                            "deep-fwfm needs at least two embedding fields".into(),
+                        ));
+                    }
                     Some((dims.fields.len(), k))
                 }
                 _ => {
                     return Err(ModelError::Config(format!(
-                        "deepfm needs embedding fields of one width; got {:?}",
+                        "{} needs embedding fields of one width; got {:?}",
+                        if spec.kind == TowerKind::Deepfm {
+                            "deepfm"
+                        } else {
+                            "deep-fwfm"
+                        },
                         dims.fields
                     )));
                 }
@@ -200,7 +210,14 @@ impl FunnelModel {
                 }
             };
             for name in names {
-                towers.push(TowerPlan::build(&mut layout, &name, &spec, dims.input()));
+                let pairs = fm.map_or(0, |(f, _)| f * (f - 1) / 2);
+                towers.push(TowerPlan::build(
+                    &mut layout,
+                    &name,
+                    &spec,
+                    dims.input(),
+                    pairs,
+                ));
             }
         }
         let params = layout.init(seed);

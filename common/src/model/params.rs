@@ -18,6 +18,8 @@ pub enum Init {
     Uniform(f32),
     /// All zeros.
     Zeros,
+    /// Every element this value.
+    Constant(f32),
 }
 
 /// One named parameter: a slice `offset..offset + numel` of the flat buffer.
@@ -136,6 +138,7 @@ impl ParamLayout {
             let out = &mut buf[p.range()];
             match p.init {
                 Init::Zeros => {}
+                Init::Constant(c) => out.fill(c),
                 Init::Uniform(bound) => {
                     let mut rng = SplitMix64::derive(seed, xxh64(p.name.as_bytes(), 0));
                     for x in out {

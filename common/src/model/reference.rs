@@ -5,7 +5,7 @@
 
 use super::FunnelModel;
 use super::funnel::StageNode;
-use super::tower::{LinearIdx, TowerPlan};
+use super::tower::{LinearIdx, TowerPlan, field_pairs};
 
 /// `y = W x + b` with `W` `[out, in]` read by the model's layout from `p`, a flat buffer in
 /// f64 (the model's own values, or perturbed ones for finite differences).
@@ -19,8 +19,9 @@ fn linear(m: &FunnelModel, p: &[f64], l: LinearIdx, x: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// One tower's logit for one row `x` (`[in]`); `fm` is the DeepFM term of that row.
-fn tower_logit(m: &FunnelModel, p: &[f64], t: &TowerPlan, x: &[f64], fm: f64) -> f64 {
+/// One tower's logit for one row `x` (`[in]`); `fm` is the DeepFM term of that row and `dots`
+/// its DeepFwFM pair dot products.
+fn tower_logit(m: &FunnelModel, p: &[f64], t: &TowerPlan, x: &[f64], fm: f64, dots: &[f64]) -> f64 {
     let mut h = x.to_vec();
     for &c in &t.cross {
         let z = linear(m, p, c, &h);
@@ -34,7 +35,14 @@ fn tower_logit(m: &FunnelModel, p: &[f64], t: &TowerPlan, x: &[f64], fm: f64) ->
     }
     let mut logit = linear(m, p, t.out, &h)[0];
     if let Some(l) = t.first_order {
-        logit += linear(m, p, l, x)[0] + fm;
+        logit += linear(m, p, l, x)[0];
+        match t.fm_pairs {
+            Some(w) => {
+                let w = &p[m.layout.params()[w].range()];
+                logit += w.iter().zip(dots).map(|(w, d)| w * d).sum::<f64>();
+            }
+            None => logit += fm,
+        }
     }
     logit
 }
@@ -52,9 +60,15 @@ pub(super) fn row_logits(m: &FunnelModel, p: &[f64], emb: &[f64], numeric: &[f64
             .sum(),
         None => 0.0,
     };
+    let dots: Vec<f64> = match m.fm {
+        Some((fields, k)) => field_pairs(fields)
+            .map(|(f, g)| (0..k).map(|j| emb[f * k + j] * emb[g * k + j]).sum())
+            .collect(),
+        None => Vec::new(),
+    };
     m.towers
         .iter()
-        .map(|t| tower_logit(m, p, t, &x, fm))
+        .map(|t| tower_logit(m, p, t, &x, fm, &dots))
         .collect()
 }
 

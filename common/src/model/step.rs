@@ -1,9 +1,10 @@
 //! Forward (prediction) and the training step: host slices in, burn graph, host slices out.
 
 use super::funnel::{bce, stage_log_probs};
-use super::tower::{Dropout, fm_interaction};
+use super::tower::{Dropout, field_pair_dots, fm_interaction};
 use super::{FunnelModel, ModelError, Result, check_len};
 use crate::rng::SplitMix64;
+use crate::spec::TowerKind;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// What one training step returns. Gradients are of the batch-mean loss; to all-reduce across
@@ -100,7 +101,10 @@ impl FunnelModel {
             (None, None) => unreachable!("checked in new()"),
         }; // [rows, in]
         let fm = match (self.fm, &emb) {
-            (Some((fields, k)), Some(e)) => Some(fm_interaction(e.clone(), fields, k)),
+            (Some((fields, k)), Some(e)) if self.tower_spec.kind == TowerKind::DeepFwfm => {
+                Some(field_pair_dots(e.clone(), fields, k, device)) // [rows, pairs]
+            }
+            (Some((fields, k)), Some(e)) => Some(fm_interaction(e.clone(), fields, k)), // [rows, 1]
             _ => None,
         };
         let logits = self

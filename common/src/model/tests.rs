@@ -108,7 +108,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
 #[test]
 fn losses_and_gradients_match_the_f64_reference() {
     for preset in PRESETS {
-        for kind in ["mlp", "dcn-v2", "deepfm"] {
+        for kind in ["mlp", "dcn-v2", "deepfm", "deep-fwfm"] {
             let what = format!("{preset}/{kind}");
             let mut m = new_model(&job(preset, kind, ""), dims(), 11).expect("model");
             let d = data(&m, 6, 5);

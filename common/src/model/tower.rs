@@ -5,6 +5,11 @@
 //!   `x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`, then the MLP above on `x_L`.
 //! - `deepfm` (Guo et al. 2017): the MLP above + a first-order linear term over `x` + the
 //!   parameter-free FM interaction of the embedding fields (computed once, shared by towers).
+//! - `deep-fwfm` (DeepFM with Pan et al. 2018's field-weighted FM): as `deepfm`, but each tower
+//!   weighs the dot product of every pair of embedding fields with its own learned weight
+//!   (`fm_pairs`, `[1, pairs]`, initialised to 1, i.e. to DeepFM's FM): towers whose stage
+//!   depends on different interactions (user x item for click, none for pay) are not forced to
+//!   share one FM term. The pair dot products are computed once and shared.
 //!
 //! Parameters are leaf tensors cut from the flat buffer ([`super::params`]); a tower only holds
 //! their indices in the layout.
@@ -31,6 +36,8 @@ pub(crate) struct TowerPlan {
     pub cross: Vec<LinearIdx>,
     /// DeepFM first-order term, `[1, in]`.
     pub first_order: Option<LinearIdx>,
+    /// DeepFwFM pair weights, `[1, pairs]`.
+    pub fm_pairs: Option<usize>,
     /// Hidden layers, in order.
     pub hidden: Vec<LinearIdx>,
     /// Output layer, `[1, last hidden]`.
@@ -44,6 +51,7 @@ impl TowerPlan {
         name: &str,
         spec: &TowerSpec,
         in_dim: usize,
+        pairs: usize,
     ) -> Self {
         let prefix = format!("towers.{name}");
         let linear = |layout: &mut ParamLayout, p: String, i: usize, o: usize| {
@@ -65,8 +73,16 @@ impl TowerPlan {
                 cross.push(LinearIdx { weight, bias });
             }
         }
-        let first_order = (spec.kind == TowerKind::Deepfm)
-            .then(|| linear(layout, format!("{prefix}.first_order"), in_dim, 1));
+        let fm_kind = matches!(spec.kind, TowerKind::Deepfm | TowerKind::DeepFwfm);
+        let first_order =
+            fm_kind.then(|| linear(layout, format!("{prefix}.first_order"), in_dim, 1));
+        let fm_pairs = (spec.kind == TowerKind::DeepFwfm).then(|| {
+            layout.push(
+                format!("{prefix}.fm_pairs.weight"),
+                vec![1, pairs],
+                Init::Constant(1.0),
+            )
+        });
         let mut hidden = Vec::new();
         let mut width = in_dim;
         for (i, &h) in spec.hidden.iter().enumerate() {
@@ -78,13 +94,15 @@ impl TowerPlan {
             name: name.to_string(),
             cross,
             first_order,
+            fm_pairs,
             hidden,
             out,
         }
     }
 
     /// The tower's logit, `[batch, 1]`. `p[i]` is the tensor of layout parameter `i`;
-    /// `fm` is the shared FM term `[batch, 1]` (DeepFM only).
+    /// `fm` is the shared FM term `[batch, 1]` (DeepFM) or the pair dot products
+    /// `[batch, pairs]` (DeepFwFM).
     pub(crate) fn forward(
         &self,
         p: &[Tensor<2>],
@@ -106,8 +124,10 @@ impl TowerPlan {
         if let Some(l) = self.first_order {
             logit = logit + apply(p, l, x);
         }
-        if let Some(fm) = fm {
-            logit = logit + fm.clone();
+        match (fm, self.fm_pairs) {
+            (Some(dots), Some(w)) => logit = logit + dots.clone().matmul(p[w].clone().transpose()),
+            (Some(fm), None) => logit = logit + fm.clone(),
+            _ => {}
         }
         logit
     }
@@ -131,6 +151,32 @@ pub(crate) fn fm_interaction(emb: Tensor<2>, fields: usize, k: usize) -> Tensor<
         .sum_dim(2)
         .reshape([batch, 1])
         .mul_scalar(0.5)
+}
+
+/// The pairs `(f, g)`, `f < g`, of `fields` fields, in the order of DeepFwFM's `fm_pairs`.
+pub(crate) fn field_pairs(fields: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..fields).flat_map(move |f| (f + 1..fields).map(move |g| (f, g)))
+}
+
+/// The dot products of every pair of `fields` equal-width embeddings `emb` `[batch, fields * k]`,
+/// `[batch, pairs]` in [`field_pairs`] order: the Gram matrix `[batch, fields, fields]` by one
+/// batched matmul, then its upper triangle picked by a constant 0/1 matrix.
+pub(crate) fn field_pair_dots(
+    emb: Tensor<2>,
+    fields: usize,
+    k: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let [batch, _] = emb.dims();
+    let v: Tensor<3> = emb.reshape([batch, fields, k]);
+    let gram = v.clone().matmul(v.swap_dims(1, 2)); // [batch, fields, fields]
+    let pairs = fields * (fields - 1) / 2;
+    let mut pick = vec![0.0f32; fields * fields * pairs];
+    for (p, (f, g)) in field_pairs(fields).enumerate() {
+        pick[(f * fields + g) * pairs + p] = 1.0;
+    }
+    let pick = Tensor::<2>::from_data(TensorData::new(pick, [fields * fields, pairs]), device);
+    gram.reshape([batch, fields * fields]).matmul(pick) // [batch, pairs]
 }
 
 /// Inverted dropout with host-drawn masks, so a step's masks depend only on (seed, step).

@@ -2,7 +2,7 @@
 //! `features.categorical[3].buckets`, so users can find it in their file.
 
 use super::funnel::ResolvedFunnel;
-use super::types::{JobSpec, Transform};
+use super::types::{JobSpec, SparseOptimizer, Transform};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -212,6 +212,18 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
         push(
             "optimizer.sparse_lr".into(),
             "must be a positive number".into(),
+        );
+    }
+    let swd = spec.optimizer.sparse_weight_decay;
+    if !(swd.is_finite() && swd >= 0.0) {
+        push(
+            "optimizer.sparse_weight_decay".into(),
+            "must be a finite number >= 0".into(),
+        );
+    } else if swd > 0.0 && spec.optimizer.sparse != SparseOptimizer::LazyAdam {
+        push(
+            "optimizer.sparse_weight_decay".into(),
+            "is only supported with sparse = \"lazy-adam\"".into(),
         );
     }
     for (stage, w) in &spec.loss.weights {

@@ -264,7 +264,7 @@ impl LabelRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TowerSpec {
-    /// `mlp`, `dcn-v2` or `deepfm`.
+    /// `mlp`, `dcn-v2`, `deepfm` or `deep-fwfm`.
     #[serde(default)]
     pub kind: TowerKind,
     /// Hidden layer widths.
@@ -307,6 +307,9 @@ pub enum TowerKind {
     DcnV2,
     /// DeepFM: factorisation machine beside an MLP.
     Deepfm,
+    /// DeepFwFM: DeepFM whose FM term is field-weighted per tower (Pan et al. 2018): each tower
+    /// weighs every pair of embedding fields' dot product with its own learned weight.
+    DeepFwfm,
 }
 
 /// `[optimizer]`.
@@ -328,6 +331,10 @@ pub struct OptimizerSpec {
     /// L2 weight decay on dense parameters.
     #[serde(default)]
     pub weight_decay: f64,
+    /// L2 weight decay on the embedding rows a step touches (`lazy-adam` only): `lambda * w`
+    /// is added to each touched row's gradient.
+    #[serde(default)]
+    pub sparse_weight_decay: f64,
 }
 
 impl Default for OptimizerSpec {
@@ -338,6 +345,7 @@ impl Default for OptimizerSpec {
             sparse: SparseOptimizer::default(),
             sparse_lr: None,
             weight_decay: 0.0,
+            sparse_weight_decay: 0.0,
         }
     }
 }
