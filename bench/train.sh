@@ -33,7 +33,8 @@ case " $sides " in *" funnel "*)
 esac
 
 mkdir -p "$out"
-if [ ! -f "$out/rows-$rows" ]; then
+# The marker says which row count the data has; without the data (removed by hand) regenerate.
+if [ ! -f "$out/rows-$rows" ] || ! ls "$out/data"/*.parquet >/dev/null 2>&1; then
   rm -rf "$out/data" "$out"/rows-*
   "$py" bench/make_train_data.py --output "$out/data" --rows "$rows" --files 4 \
     --row-group-rows 65536 --seed 42
