@@ -87,6 +87,9 @@ impl FaultyStore {
                 *n += 1;
                 *n
             };
+            if nth > super::TRANSIENT_DRAWS {
+                return None;
+            }
             let stream = crate::hash::table_seed(&key) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut rng = SplitMix64::derive(self.spec.seed, stream);
             if self.spec.kinds.is_empty() || rng.next_f64() >= self.spec.rate {
@@ -215,6 +218,20 @@ impl ObjectStore for FaultyStore {
 mod tests {
     use super::*;
     use object_store::ObjectStoreExt;
+
+    /// A fault is transient: even at rate 1 a read fails only on its first draws, so retries
+    /// that share a read's draws (several callers of one footer read) all get through.
+    #[test]
+    fn only_the_first_draws_of_a_read_can_fail() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let spec = FaultSpec::parse("rate=1,seed=3,kinds=timeout,delay_ms=0").expect("spec");
+        let store = FaultyStore::new(inner, spec);
+        let fails: Vec<bool> = (0..6)
+            .map(|_| store.draw(&Path::from("a.parquet"), "r").is_some())
+            .collect();
+        let n = crate::store_faults::TRANSIENT_DRAWS as usize;
+        assert_eq!(fails, [vec![true; n], vec![false; 6 - n]].concat());
+    }
 
     /// The same reads draw the same faults in any order, only `.parquet` objects are faulted,
     /// and a persistent substring fails every read of its objects.
