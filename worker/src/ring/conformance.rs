@@ -74,10 +74,15 @@ impl Links {
         }
     }
 
-    /// After a successful exchange: wait until the neighbour has read everything.
+    /// After a successful exchange: wait until the neighbour has read everything; its
+    /// verdict on both links (one of which carried nothing) must be a clean end.
     async fn finish(self, wait: Duration) {
         if let Links::Net(l) = self {
-            let _ = tokio::time::timeout(wait, l.finish()).await;
+            match tokio::time::timeout(wait, l.finish()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("finishing the links: {e}"),
+                Err(_) => panic!("finishing the links took over {wait:?}"),
+            }
         }
     }
 }

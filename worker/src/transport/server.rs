@@ -338,8 +338,11 @@ pub(super) async fn forward<M: Wire, S: Incoming<M::Pb>>(
     mut opened: tokio::sync::watch::Receiver<u64>,
     slot: fn(&Inbox) -> &Slot<M>,
 ) -> Option<Result<u64, Status>> {
-    let Ok(Some(mut msg)) = stream.next().await else {
-        return None;
+    let mut msg = match stream.next().await {
+        Ok(Some(msg)) => msg,
+        // A stream that carried nothing (a generation without a sparse step) ends cleanly.
+        Ok(None) => return Some(Ok(0)),
+        Err(_) => return None,
     };
     let deadline = tokio::time::Instant::now() + OPEN_WAIT;
     let route = loop {
