@@ -3,9 +3,11 @@
 //! (the truth column's AUC on the same eval rows).
 //!
 //! The issue asks for every target within 0.01 of the oracle at 2M training rows. Measured so
-//! far (docs/training.md): 0.018 to 0.037 short at 0.9M rows after 2-4 epochs, so that goal is
-//! not met. This test runs a smaller size in CI and asserts the bound measured here with margin
-//! (`MAX_GAP`); a broken model (AUC ~0.5) or funnel (children above parents) fails it.
+//! far (docs/training.md): 0.024 to 0.039 short at 2.2M rows and 0.0095 to 0.022 at 0.9M rows
+//! after 6 epochs, so that goal is not met. This test runs a smaller size in CI and asserts the
+//! bounds measured here with a margin of about 0.012 (`MAX_GAP`); a broken model (AUC ~0.5) or
+//! funnel (children above parents), or a loss of what deep-fwfm and weight decay gained, fails
+//! it.
 
 mod support;
 
@@ -14,9 +16,11 @@ use funnel_common::spec::Job;
 use std::path::Path;
 use support::funnel;
 
-/// Largest accepted (oracle AUC - model AUC) per target at this size. Measured (2 threads, seed
-/// 42): click 0.056, favorite 0.062, order 0.029, pay 0.025.
-const MAX_GAP: f64 = 0.08;
+/// Largest accepted (oracle AUC - model AUC) per target at this size, in `TARGETS` order.
+/// Measured (deep-fwfm, 2 threads, seed 42; deterministic run to run): click 0.047, favorite
+/// 0.049, order 0.023, pay 0.021 (6 epochs instead of 3: 0.039, 0.039, 0.023, 0.021; plain
+/// DeepFM at 3 epochs: 0.056, 0.062, 0.029, 0.025, beyond the click and favorite bounds).
+const MAX_GAP: [f64; 4] = [0.06, 0.06, 0.035, 0.035];
 const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
 
 /// Oracle AUC per target over the job's eval data (the library code the run report uses).
@@ -60,20 +64,26 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
         spec.to_str().expect("utf8"),
     ])
     .success();
-    // DeepFM (dot products between fields: the truth's user-item affinity and query-category
-    // match are such products), equal field widths, small towers, 3 epochs.
+    // DeepFM with a field-weighted FM per tower (dot products between fields: the truth's
+    // user-item affinity and query-category match are such products, weighed differently by
+    // each tower), equal field widths, small towers, weight decay on both sides, 3 epochs: the
+    // recipe of docs/training.md "Quality against the oracle".
     let text = std::fs::read_to_string(&spec).expect("spec");
     let text = text
-        .replace("kind = \"mlp\"", "kind = \"deepfm\"")
+        .replace("kind = \"mlp\"", "kind = \"deep-fwfm\"")
         .replace("dim = 8", "dim = 16")
         .replace("dim = 4", "dim = 16")
         .replace("hidden = [256, 128]", "hidden = [64, 32]")
         .replace("epochs = 2", "epochs = 3")
         .replace(
             "sparse = \"lazy-adam\"",
-            "sparse = \"lazy-adam\"\nsparse_lr = 0.005",
+            "sparse = \"lazy-adam\"\nsparse_lr = 0.005\nsparse_weight_decay = 3e-5\nweight_decay = 1e-4",
         );
-    assert!(text.contains("deepfm") && text.contains("sparse_lr") && text.contains("epochs = 3"));
+    assert!(
+        text.contains("deep-fwfm")
+            && text.contains("sparse_weight_decay")
+            && text.contains("epochs = 3")
+    );
     std::fs::write(&spec, text).expect("write spec");
     let out = dir.path().join("out");
     let run = funnel(&[
@@ -107,8 +117,9 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
             .as_f64()
             .expect("auc");
         assert!(
-            oracle[k] - got <= MAX_GAP,
-            "{t} is more than {MAX_GAP} below the oracle:\n{report}\n{}",
+            oracle[k] - got <= MAX_GAP[k],
+            "{t} is more than {} below the oracle:\n{report}\n{}",
+            MAX_GAP[k],
             run.stdout
         );
     }
