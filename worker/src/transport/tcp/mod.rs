@@ -258,13 +258,19 @@ impl<M: Wire> RingSend<M> for TcpSender<M> {
 }
 
 impl<M: Wire> TcpSender<M> {
-    /// Writes the frame header and meta `wire`, whose payload of `payload_len` bytes follows.
-    async fn write_head(&mut self, wire: M::Pb, payload_len: usize) -> Result<(), RingError> {
+    /// Puts the frame header and meta `wire`, whose payload of `payload_len` bytes follows,
+    /// in `scratch`.
+    fn encode_head(&mut self, wire: M::Pb, payload_len: usize) -> Result<(), RingError> {
         self.scratch.clear();
         self.scratch
             .extend_from_slice(&frame::frame_header(wire.encoded_len(), payload_len));
         wire.encode(&mut self.scratch)
-            .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))?;
+            .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))
+    }
+
+    /// Writes the frame header and meta `wire`, whose payload of `payload_len` bytes follows.
+    async fn write_head(&mut self, wire: M::Pb, payload_len: usize) -> Result<(), RingError> {
+        self.encode_head(wire, payload_len)?;
         match self.write.write_all(&self.scratch).await {
             Ok(()) => Ok(()),
             Err(_) => Err(self.closed().await),
@@ -290,17 +296,28 @@ impl ChunkSend for TcpSender<Chunk> {
             return Err(self.closed().await);
         }
         let len = range.len() * 4;
-        self.write_head(Chunk::to_wire(head, &self.me), len).await?;
+        self.encode_head(Chunk::to_wire(head, &self.me), len)?;
+        // Head and values leave in one write: written apart (no Nagle), the head went out as
+        // a packet of its own and woke the receiver for a few dozen bytes.
+        let head_len = self.scratch.len();
+        let (write, scratch) = (&self.write, &self.scratch);
         let mut sent = 0;
-        while sent < len {
+        while sent < head_len + len {
             let wrote = buf.read(range.clone(), |values| {
                 let bytes: &[u8] = bytemuck::cast_slice(values);
-                self.write.try_write(&bytes[sent..])
+                if sent < head_len {
+                    write.try_write_vectored(&[
+                        std::io::IoSlice::new(&scratch[sent..]),
+                        std::io::IoSlice::new(bytes),
+                    ])
+                } else {
+                    write.try_write(&bytes[sent - head_len..])
+                }
             });
             match wrote {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.write.writable().await.is_err() {
+                    if write.writable().await.is_err() {
                         return Err(self.closed().await);
                     }
                 }
