@@ -197,9 +197,13 @@ fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
                 "{update}: {a:?} vs {b:?}"
             );
         }
+        // 3 epochs (162 steps) of summation-order noise through weights that GradNorm keeps
+        // moving: measured 8.2e-6 (per epoch) and 1.7e-6 with gemm's AVX2 kernels, 1.07e-5 and
+        // 1.3e-6 with its AVX-512 ones, which block the sums differently. The weights above
+        // are the test's point; this bound only catches models that drift apart.
         assert!(
-            rel <= 1e-5,
-            "{update}: {name}: relative difference {rel:.3e} > 1e-5"
+            rel <= 5e-5,
+            "{update}: {name}: relative difference {rel:.3e} > 5e-5"
         );
     }
 }
