@@ -23,8 +23,6 @@
 //! that a persistent failure ends with an error naming the object. Retries live in
 //! [`crate::retry`].
 
-/// Draws of one read that may fail; later draws of it always succeed (see the module doc).
-pub const TRANSIENT_DRAWS: u64 = 3;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,6 +31,9 @@ use object_store::ObjectStore;
 mod faulty;
 
 pub use faulty::{FaultCounts, FaultyStore};
+
+/// Draws of one read that may fail; later draws of it always succeed (see the module doc).
+pub const TRANSIENT_DRAWS: u64 = 3;
 
 /// The environment variable that turns injection on in a process.
 pub const ENV: &str = "FUNNEL_STORE_FAULTS";

@@ -249,8 +249,12 @@ impl<M: Wire> RingSend<M> for TcpSender<M> {
         }
         let mut wire = M::to_wire(msg, &self.me);
         let payload: Bytes = M::take_payload(&mut wire);
-        self.write_head(wire, payload.len()).await?;
-        match self.write.write_all(&payload).await {
+        self.encode_head(wire, payload.len())?;
+        // One write per frame, as `send_range`. Only chunks carry a payload, and a ring sends
+        // them through `send_range`; they come here on big-endian targets and from fault
+        // injection and tests, so copying the payload costs nothing where it matters.
+        self.scratch.extend_from_slice(&payload);
+        match self.write.write_all(&self.scratch).await {
             Ok(()) => Ok(()),
             Err(_) => Err(self.closed().await),
         }
@@ -266,15 +270,6 @@ impl<M: Wire> TcpSender<M> {
             .extend_from_slice(&frame::frame_header(wire.encoded_len(), payload_len));
         wire.encode(&mut self.scratch)
             .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))
-    }
-
-    /// Writes the frame header and meta `wire`, whose payload of `payload_len` bytes follows.
-    async fn write_head(&mut self, wire: M::Pb, payload_len: usize) -> Result<(), RingError> {
-        self.encode_head(wire, payload_len)?;
-        match self.write.write_all(&self.scratch).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.closed().await),
-        }
     }
 }
 
