@@ -179,9 +179,12 @@ fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let with = format!("weighting = \"gradnorm\"\n{weighting}");
+        // The rates halve every epoch: the workers must apply the schedule exactly as the
+        // single process does, or the models part after the first epoch.
         let ((rel, name, _), one, three) = equivalence_with(
             dir.path(),
-            "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"",
+            "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"\n\
+             lr_schedule = \"exponential\"\nlr_gamma = 0.5",
             &[
                 ("epochs = 1", "epochs = 3"),
                 ("weighting = \"fixed\"", &with),

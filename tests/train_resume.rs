@@ -12,7 +12,8 @@ use support::funnel;
 
 /// Small data and a spec with small towers, dropout (so the dropout stream must resume too),
 /// GradNorm with a large rate (so the weights move every epoch and their state must resume),
-/// and three epochs.
+/// a cosine learning-rate schedule (so the resumed epochs must pick up their own rates, not
+/// the first epoch's), and three epochs.
 fn setup(dir: &Path) -> String {
     let data = format!("file://{}/data", dir.display());
     let spec = dir.join("job.toml");
@@ -41,11 +42,15 @@ fn setup(dir: &Path) -> String {
         .replace("batch_size = 1024", "batch_size = 256")
         .replace("epochs = 2", "epochs = 3")
         .replace(
+            "sparse = \"lazy-adam\"",
+            "sparse = \"lazy-adam\"\nlr_schedule = \"cosine\"",
+        )
+        .replace(
             "weighting = \"fixed\"",
             "weighting = \"gradnorm\"\ngradnorm_every = 3\ngradnorm_lr = 0.5",
         );
     assert!(text.contains("dropout = 0.1") && text.contains("epochs = 3"));
-    assert!(text.contains("gradnorm_every = 3"));
+    assert!(text.contains("gradnorm_every = 3") && text.contains("lr_schedule"));
     std::fs::write(&spec, text).expect("write spec");
     spec
 }

@@ -21,6 +21,8 @@ pub struct HashedField {
     pub max_len: usize,
     /// For list features stored as delimited strings, the delimiter.
     pub separator: Option<String>,
+    /// For a categorical cross, the columns crossed with `column` (see [`crate::hash`]).
+    pub cross: Vec<String>,
 }
 
 /// A numeric feature.
@@ -74,22 +76,18 @@ impl DecodePlan {
     /// The plan of a validated job.
     pub fn new(job: &Job) -> Self {
         let f = &job.spec.features;
-        let hashed =
-            |key: String, column: &str, table: &Option<String>, buckets, max_len| HashedField {
-                column: column.to_string(),
-                key,
-                seed: table_seed(table.as_deref().unwrap_or(column)),
-                buckets,
-                max_len,
-                separator: None,
-            };
         let categorical = f
             .categorical
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let key = format!("features.categorical[{i}]");
-                hashed(key, &c.column, &c.table, c.buckets, 1)
+            .map(|(i, c)| HashedField {
+                column: c.column.clone(),
+                key: format!("features.categorical[{i}]"),
+                seed: table_seed(&c.table_name()),
+                buckets: c.buckets,
+                max_len: 1,
+                separator: None,
+                cross: c.cross.clone(),
             })
             .collect();
         let lists = f
@@ -97,14 +95,13 @@ impl DecodePlan {
             .iter()
             .enumerate()
             .map(|(i, c)| HashedField {
+                column: c.column.clone(),
+                key: format!("features.list[{i}]"),
+                seed: table_seed(c.table.as_deref().unwrap_or(&c.column)),
+                buckets: c.buckets,
+                max_len: c.max_len,
                 separator: c.separator.clone(),
-                ..hashed(
-                    format!("features.list[{i}]"),
-                    &c.column,
-                    &c.table,
-                    c.buckets,
-                    c.max_len,
-                )
+                cross: Vec::new(),
             })
             .collect();
         let numeric = f
@@ -170,6 +167,9 @@ impl DecodePlan {
                 format!("{}.column", f.key),
                 ColumnRole::Categorical,
             );
+            for c in &f.cross {
+                add(c, format!("{}.cross", f.key), ColumnRole::Categorical);
+            }
         }
         for f in &self.lists {
             let role = if f.separator.is_some() {
@@ -317,6 +317,48 @@ preset = "esmm"
         assert_eq!(
             problems[0].0.key.as_deref(),
             Some("features.numeric[0].column")
+        );
+    }
+
+    #[test]
+    fn cross_members_are_read_and_checked_under_the_cross_key() {
+        let text = r#"
+version = 1
+[data]
+train = "memory://t/x"
+[[features.categorical]]
+column = "user"
+buckets = 10
+dim = 2
+[[features.categorical]]
+column = "user"
+cross = ["price"]
+buckets = 10
+dim = 2
+[[features.numeric]]
+column = "price"
+[funnel]
+preset = "esmm"
+"#;
+        let plan = DecodePlan::for_prediction(&Job::parse(text, "t").expect("valid"));
+        let cols: Vec<(String, String)> =
+            plan.columns().into_iter().map(|(c, k, _)| (c, k)).collect();
+        let want = [
+            ("user", "features.categorical[0].column"),
+            ("price", "features.categorical[1].cross"),
+        ];
+        assert_eq!(cols, want.map(|(c, k)| (c.to_string(), k.to_string())));
+        // A float column cannot be a member of a cross: named with the cross's key.
+        let schema = Schema::new(vec![
+            Field::new("user", DataType::Int64, true),
+            Field::new("price", DataType::Float32, true),
+        ]);
+        let problems = plan.check_schema("o", &schema);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0.column.as_deref(), Some("price"));
+        assert_eq!(
+            problems[0].0.key.as_deref(),
+            Some("features.categorical[1].cross")
         );
     }
 }

@@ -4,7 +4,7 @@
 use crate::batch::{Bag, Batch, RowOrigin};
 use crate::columns::{DecodePlan, LabelField, NumericField};
 use crate::error::{DataLocation, Error, Result};
-use crate::hash::{bucket_i64, bucket_null, bucket_str, bucket_u64};
+use crate::hash::{bucket_cross, bucket_str, hash_null, xxh64_u64};
 use crate::spec::{BadRowPolicy, InconsistentPolicy, Transform};
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
@@ -12,6 +12,7 @@ use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBat
 use arrow_schema::DataType;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use xxhash_rust::xxh64::xxh64;
 
 /// Where a record batch sits in the dataset.
 #[derive(Debug, Clone, Copy)]
@@ -129,10 +130,28 @@ pub fn decode(
     for (dst, f) in batch.categorical.iter_mut().zip(&plan.categorical) {
         let key = format!("{}.column", f.key);
         let arr = column(&f.column, &key)?;
-        let ids = hash_values(arr, f.seed, f.buckets).map_err(|m| Error::Parquet {
-            location: origin.at(None, &f.column, &key),
-            message: m,
-        })?;
+        let ids = if f.cross.is_empty() {
+            hash_values(arr, f.seed, f.buckets).map_err(|m| Error::Parquet {
+                location: origin.at(None, &f.column, &key),
+                message: m,
+            })?
+        } else {
+            let cross_key = format!("{}.cross", f.key);
+            let mut arrays = vec![arr];
+            for c in &f.cross {
+                arrays.push(column(c, &cross_key)?);
+            }
+            hash_cross(&arrays, f.seed, f.buckets).map_err(|(i, m)| {
+                let (name, key) = match i {
+                    0 => (&f.column, &key),
+                    i => (&f.cross[i - 1], &cross_key),
+                };
+                Error::Parquet {
+                    location: origin.at(None, name, key),
+                    message: m,
+                }
+            })?
+        };
         *dst = select(ids);
     }
     for (dst, f) in batch.lists.iter_mut().zip(&plan.lists) {
@@ -342,11 +361,11 @@ fn read_numbers(arr: &ArrayRef) -> std::result::Result<Vec<f64>, String> {
     })
 }
 
-fn hash_primitive<T: ArrowPrimitiveType>(
+fn hash_primitive<T: ArrowPrimitiveType, H: Copy>(
     a: &PrimitiveArray<T>,
-    null: u32,
-    f: impl Fn(T::Native) -> u32,
-) -> Vec<u32> {
+    null: H,
+    f: impl Fn(T::Native) -> H,
+) -> Vec<H> {
     if a.null_count() == 0 {
         a.values().iter().map(|&v| f(v)).collect()
     } else {
@@ -356,8 +375,18 @@ fn hash_primitive<T: ArrowPrimitiveType>(
 
 /// Bucket id of every value of a column (nulls get the null bucket). See [`crate::hash`].
 fn hash_values(arr: &ArrayRef, seed: u64, buckets: u64) -> std::result::Result<Vec<u32>, String> {
-    let null = bucket_null(seed, buckets);
-    let int = |v: i64| bucket_i64(v, seed, buckets);
+    map_value_hashes(arr, seed, &|h| (h % buckets) as u32)
+}
+
+/// `reduce(XXH64(value bytes, seed))` of every value of a column, nulls included: the bucket
+/// for single features, the raw hash for the members of a cross.
+fn map_value_hashes<H: Copy>(
+    arr: &ArrayRef,
+    seed: u64,
+    reduce: &impl Fn(u64) -> H,
+) -> std::result::Result<Vec<H>, String> {
+    let null = reduce(hash_null(seed));
+    let int = |v: i64| reduce(xxh64_u64(v as u64, seed));
     Ok(match arr.data_type() {
         DataType::Int8 => hash_primitive(arr.as_primitive::<Int8Type>(), null, |v| int(v as i64)),
         DataType::Int16 => hash_primitive(arr.as_primitive::<Int16Type>(), null, |v| int(v as i64)),
@@ -371,15 +400,15 @@ fn hash_values(arr: &ArrayRef, seed: u64, buckets: u64) -> std::result::Result<V
             hash_primitive(arr.as_primitive::<UInt32Type>(), null, |v| int(v as i64))
         }
         DataType::UInt64 => hash_primitive(arr.as_primitive::<UInt64Type>(), null, |v| {
-            bucket_u64(v, seed, buckets)
+            reduce(xxh64_u64(v, seed))
         }),
-        DataType::Utf8 => hash_strings(arr.as_string::<i32>().iter(), null, seed, buckets),
-        DataType::LargeUtf8 => hash_strings(arr.as_string::<i64>().iter(), null, seed, buckets),
-        DataType::Utf8View => hash_strings(arr.as_string_view().iter(), null, seed, buckets),
+        DataType::Utf8 => hash_strings(arr.as_string::<i32>().iter(), null, seed, reduce),
+        DataType::LargeUtf8 => hash_strings(arr.as_string::<i64>().iter(), null, seed, reduce),
+        DataType::Utf8View => hash_strings(arr.as_string_view().iter(), null, seed, reduce),
         DataType::Dictionary(_, _) => {
             // Hash each dictionary value once, then map keys.
             let dict = arr.as_any_dictionary();
-            let values = hash_values(dict.values(), seed, buckets)?;
+            let values = map_value_hashes(dict.values(), seed, reduce)?;
             dict.normalized_keys()
                 .into_iter()
                 .enumerate()
@@ -390,15 +419,37 @@ fn hash_values(arr: &ArrayRef, seed: u64, buckets: u64) -> std::result::Result<V
     })
 }
 
-fn hash_strings<'a>(
+fn hash_strings<'a, H: Copy>(
     values: impl Iterator<Item = Option<&'a str>>,
-    null: u32,
+    null: H,
+    seed: u64,
+    reduce: &impl Fn(u64) -> H,
+) -> Vec<H> {
+    values
+        .map(|v| v.map_or(null, |s| reduce(xxh64(s.as_bytes(), seed))))
+        .collect()
+}
+
+/// Bucket id of every row's tuple of values of `columns` (a cross, see [`crate::hash`]).
+fn hash_cross(
+    columns: &[&ArrayRef],
     seed: u64,
     buckets: u64,
-) -> Vec<u32> {
-    values
-        .map(|v| v.map_or(null, |s| bucket_str(s, seed, buckets)))
-        .collect()
+) -> std::result::Result<Vec<u32>, (usize, String)> {
+    let hashes = columns
+        .iter()
+        .enumerate()
+        .map(|(i, a)| map_value_hashes(a, seed, &|h| h).map_err(|m| (i, m)))
+        .collect::<std::result::Result<Vec<Vec<u64>>, _>>()?;
+    let rows = hashes.first().map_or(0, Vec::len);
+    let mut members = Vec::with_capacity(hashes.len());
+    Ok((0..rows)
+        .map(|r| {
+            members.clear();
+            members.extend(hashes.iter().map(|h| h[r]));
+            bucket_cross(&members, seed, buckets)
+        })
+        .collect())
 }
 
 /// Hashes a list column into a bag of the kept rows: null lists are empty, null elements are

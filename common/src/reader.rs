@@ -338,7 +338,10 @@ fn with_dictionary_strings(meta: ArrowReaderMetadata, plan: &DecodePlan) -> Arro
         .fields()
         .iter()
         .map(|f| {
-            let categorical = plan.categorical.iter().any(|c| &c.column == f.name());
+            let categorical = plan
+                .categorical
+                .iter()
+                .any(|c| &c.column == f.name() || c.cross.contains(f.name()));
             match f.data_type() {
                 t @ (DataType::Utf8 | DataType::LargeUtf8) if categorical => {
                     changed = true;

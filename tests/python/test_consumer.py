@@ -58,6 +58,11 @@ dim = 8
 column = "hour"
 buckets = 24
 dim = 8
+[[features.categorical]]
+column = "query"
+cross = ["category_id", "user_id"]
+buckets = 3000
+dim = 8
 [[features.list]]
 column = "recent_items"
 buckets = 5000
@@ -160,7 +165,17 @@ def encode(card, tensors, table: pa.Table) -> np.ndarray:
             t = tables[inp["table"]]
             emb = tensors[t["tensor"]].astype(np.float32)
             seed = xxhash.xxh64_intdigest(t["name"].encode("utf-8"), 0)
-        if inp["kind"] == "categorical":
+        if inp["kind"] == "categorical" and inp.get("cross"):
+            # encoding.categorical: a cross hashes the 8-byte LE hashes of its members' values.
+            members = [values] + [table.column(c).to_pylist() for c in inp["cross"]]
+            ids = []
+            for row in zip(*members):
+                hashes = b"".join(
+                    struct.pack("<Q", xxhash.xxh64_intdigest(value_bytes(v), seed)) for v in row
+                )
+                ids.append(xxhash.xxh64_intdigest(hashes, seed) % t["buckets"])
+            x[:, lo:hi] = emb[ids]
+        elif inp["kind"] == "categorical":
             ids = [bucket(v, seed, t["buckets"]) for v in values]
             x[:, lo:hi] = emb[ids]
         elif inp["kind"] == "list":

@@ -96,6 +96,7 @@ pub fn train_local(
     while state.epochs_done < epochs {
         let epoch = state.epochs_done;
         let _epoch_span = info_span!("epoch", epoch).entered();
+        trainer.begin_epoch(epoch);
         let trained = train_epoch(
             &mut trainer,
             &mut state,

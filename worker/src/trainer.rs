@@ -120,6 +120,17 @@ impl Trainer {
         self.job.spec.loss.weighting == Weighting::Gradnorm && (step - 1).is_multiple_of(every)
     }
 
+    /// Sets both learning rates for `epoch` (0-based) by the job's `optimizer.lr_schedule`.
+    /// Called before each epoch's first step, also after a resume: the rates are a function
+    /// of the epoch alone, so every rank of a cluster and a resumed run use the same.
+    pub fn begin_epoch(&mut self, epoch: u64) {
+        let spec = &self.job.spec;
+        let opt = &spec.optimizer;
+        let factor = opt.lr_factor(epoch, spec.train.epochs as u64);
+        self.model.optimizer_mut().set_lr((opt.lr * factor) as f32);
+        self.sparse.set_lr(opt.sparse_lr.unwrap_or(opt.lr) * factor);
+    }
+
     /// Sets the task weights (the next epoch's, from the coordinator or the epoch update).
     pub fn set_weights(&mut self, weights: &[f64]) -> Result<(), WorkerError> {
         if weights.len() != self.weights.len()

@@ -79,7 +79,10 @@ impl Default for EncodingCard {
                     x[offset .. offset + width]"
                 .into(),
             categorical: "the row bucket(value) of the entry's table tensor; a null value has \
-                          its own bucket (the hash of the byte 0xff)"
+                          its own bucket (the hash of the byte 0xff). With `cross`, the value is \
+                          the tuple of the row's values of [column] + cross, and its bucket is \
+                          XXH64(h_1 ++ ... ++ h_k, seed) mod buckets, h_i = XXH64(value bytes of \
+                          member i, seed) written as 8 bytes little-endian (nulls as above)"
                 .into(),
             list: "the mean of the table rows of the list's ids: null elements are skipped, then \
                    the first max_len elements are kept (a repeated id counts each time); a null \
@@ -125,6 +128,9 @@ pub struct InputCard {
     /// Embedding table (categorical and list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// Categorical cross: the columns crossed with `column`, in hashing order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross: Option<Vec<String>>,
     /// List: only the first `max_len` ids count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_len: Option<usize>,
@@ -198,12 +204,16 @@ impl ModelCard {
             .iter()
             .map(|s| {
                 let list = s.pooled.then(|| &f.list[s.field]);
+                let cross = (!s.pooled)
+                    .then(|| f.categorical[s.field].cross.clone())
+                    .filter(|c| !c.is_empty());
                 InputCard {
                     kind: if s.pooled { "list" } else { "categorical" }.into(),
                     column: s.column.clone(),
                     offset: s.offset,
                     width: s.dim,
                     table: Some(set.tables()[s.table].name().to_string()),
+                    cross,
                     max_len: list.map(|l| l.max_len),
                     separator: list.and_then(|l| l.separator.clone()),
                     transform: None,
@@ -220,6 +230,7 @@ impl ModelCard {
             offset: emb + i,
             width: 1,
             table: None,
+            cross: None,
             max_len: None,
             separator: None,
             transform: Some(n.transform),

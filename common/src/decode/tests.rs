@@ -1,5 +1,5 @@
 use super::*;
-use crate::hash::table_seed;
+use crate::hash::{bucket_i64, bucket_null, table_seed, xxh64_u64};
 use crate::spec::Job;
 use arrow_array::builder::{ListBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
@@ -26,6 +26,11 @@ dim = 4
 [[features.categorical]]
 column = "shop"
 buckets = 77
+dim = 4
+[[features.categorical]]
+column = "user"
+cross = ["shop", "query"]
+buckets = 5000
 dim = 4
 [[features.list]]
 column = "hist"
@@ -132,6 +137,21 @@ fn features_are_hashed_bagged_and_transformed() {
         bucket_null(shop_seed, 77),
         "dictionary null"
     );
+    // The cross (user, shop, query): the members' hashes under the cross's own table (named
+    // after its columns), 8 bytes LE each, hashed again; a null member hashes as a null.
+    let seed = table_seed("user_x_shop_x_query");
+    let member = |b: &[u8]| xxhash_rust::xxh64::xxh64(b, seed);
+    let cross = |user: i64, shop: Option<&str>, query: &str| {
+        let shop = shop.map_or(crate::hash::hash_null(seed), |s| member(s.as_bytes()));
+        let bytes: Vec<u8> = [xxh64_u64(user as u64, seed), shop, member(query.as_bytes())]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        (xxhash_rust::xxh64::xxh64(&bytes, seed) % 5000) as u32
+    };
+    assert_eq!(b.categorical[3][1], cross(0, Some("shop1"), "q1"));
+    assert_eq!(b.categorical[3][3], cross(2, None, "q3"), "null member");
+    assert_ne!(b.categorical[3][0], b.categorical[3][2]);
     // Null list -> empty; null elements skipped; max_len 2 keeps the first two; shared table
     // "user" hashes like the user column.
     assert_eq!(b.lists[0].row(0), &[] as &[u32]);

@@ -19,6 +19,9 @@ pub trait SparseOptimizer: std::fmt::Debug + Send {
     fn kind(&self) -> &'static str;
     /// Steps taken.
     fn steps(&self) -> u64;
+    /// Sets the learning rate of the steps that follow (schedules live with the trainer; the
+    /// rate is not part of the exported state).
+    fn set_lr(&mut self, lr: f64);
     /// Everything needed to continue exactly (buffers `[rows, dim]` row-major).
     fn export_state(&self) -> OptimizerState;
 }
@@ -232,6 +235,13 @@ impl EmbeddingOptimizers {
         {
             assert_eq!(grad.table, t, "gradients in table order");
             opt.step(table, grad);
+        }
+    }
+
+    /// Sets every table's learning rate for the steps that follow.
+    pub fn set_lr(&mut self, lr: f64) {
+        for opt in &mut self.per_table {
+            opt.set_lr(lr);
         }
     }
 

@@ -295,3 +295,44 @@ fn lazy_adam_weight_decay_adds_l2_to_touched_rows_only() {
         }
     }
 }
+
+#[test]
+fn set_lr_changes_the_rate_of_the_steps_that_follow() {
+    // Two steps at 0.01, then `set_lr(0.002)`: the third step equals that of an optimizer
+    // built with 0.002 and restored from the same state, for every kind.
+    let configs = [
+        (
+            SparseOptimizerConfig::LazyAdam(AdamConfig::new(0.01)),
+            SparseOptimizerConfig::LazyAdam(AdamConfig::new(0.002)),
+        ),
+        (
+            SparseOptimizerConfig::Adagrad(AdagradConfig::new(0.01)),
+            SparseOptimizerConfig::Adagrad(AdagradConfig::new(0.002)),
+        ),
+        (
+            SparseOptimizerConfig::Sgd(0.01),
+            SparseOptimizerConfig::Sgd(0.002),
+        ),
+    ];
+    for (fast, slow) in configs {
+        let mut t = table(3);
+        let mut opt = fast.build(ROWS, DIM);
+        opt.step(&mut t, &grad(&[1, 4], 8));
+        opt.step(&mut t, &grad(&[4, 6], 9));
+        let mut other = slow
+            .restore(ROWS, DIM, opt.export_state())
+            .expect("restore");
+        let mut t2 = t.clone();
+        opt.set_lr(0.002);
+        let g = grad(&[1, 6], 10);
+        opt.step(&mut t, &g);
+        other.step(&mut t2, &g);
+        assert_eq!(t, t2, "{}", opt.kind());
+        let before = t.clone();
+        opt.set_lr(0.01);
+        opt.step(&mut t, &g);
+        other.step(&mut t2, &g);
+        assert_ne!(t, t2, "{}: the rate had no effect", opt.kind());
+        assert_ne!(t, before);
+    }
+}

@@ -117,6 +117,10 @@ impl SparseOptimizer for LazyAdam {
         self.step
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
     fn export_state(&self) -> OptimizerState {
         let [m, v] = Self::BUFFERS.map(String::from);
         OptimizerState {
@@ -202,6 +206,10 @@ impl SparseOptimizer for Adagrad {
         self.step
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
     fn export_state(&self) -> OptimizerState {
         OptimizerState {
             kind: self.kind().into(),
@@ -256,6 +264,10 @@ impl SparseOptimizer for Sgd {
 
     fn steps(&self) -> u64 {
         self.step
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
     }
 
     fn export_state(&self) -> OptimizerState {

@@ -334,18 +334,18 @@ fn layout(f: &FeaturesSpec) -> Result<(Vec<TableShape>, Vec<FeatureSlot>), Embed
     let cat = f
         .categorical
         .iter()
-        .map(|c| (&c.column, &c.table, c.buckets, c.dim, false));
-    let list = f
-        .list
-        .iter()
-        .map(|c| (&c.column, &c.table, c.buckets, c.dim, true));
+        .map(|c| (&c.column, c.table_name(), c.buckets, c.dim, false));
+    let list = f.list.iter().map(|c| {
+        let table = c.table.clone().unwrap_or_else(|| c.column.clone());
+        (&c.column, table, c.buckets, c.dim, true)
+    });
     let mut fields = [0usize; 2];
     for (column, table, buckets, dim, pooled) in cat.chain(list) {
         let field = fields[pooled as usize];
         fields[pooled as usize] += 1;
         let kind = if pooled { "list" } else { "categorical" };
         let key = format!("features.{kind}[{field}]");
-        let name = table.as_deref().unwrap_or(column);
+        let name = table.as_str();
         let t = match shapes.iter().position(|(n, _, _)| n == name) {
             Some(t) if (shapes[t].1, shapes[t].2) != (buckets, dim) => {
                 return Err(EmbeddingError::SharedTableMismatch {

@@ -12,6 +12,7 @@ fn cat(column: &str, buckets: u64, dim: usize, table: Option<&str>) -> Categoric
         buckets,
         dim,
         table: table.map(String::from),
+        cross: Vec::new(),
     }
 }
 

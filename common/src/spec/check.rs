@@ -2,7 +2,7 @@
 //! `features.categorical[3].buckets`, so users can find it in their file.
 
 use super::funnel::ResolvedFunnel;
-use super::types::{JobSpec, SparseOptimizer, Transform};
+use super::types::{JobSpec, LrSchedule, SparseOptimizer, Transform};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -99,47 +99,73 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
     // Every feature column once; tables shared only between features of one shape.
     let mut columns: BTreeMap<&str, String> = BTreeMap::new();
     let mut tables: BTreeMap<String, (u64, usize, String)> = BTreeMap::new();
-    let mut embedded =
-        |key: String, column: &str, table: &Option<String>, buckets: u64, dim: usize| {
-            let mut found = Vec::new();
-            if buckets == 0 || buckets > MAX_BUCKETS {
-                found.push((
-                    format!("{key}.buckets"),
-                    format!("must be in 1..={MAX_BUCKETS}"),
-                ));
-            }
-            if dim == 0 {
-                found.push((format!("{key}.dim"), "must be at least 1".to_string()));
-            }
-            let table = table.clone().unwrap_or_else(|| column.to_string());
-            match tables.get(&table) {
-                Some((b, d, first)) if (*b, *d) != (buckets, dim) => found.push((
-                    format!("{key}.table"),
-                    format!(
-                        "table `{table}` is shared with {first} (buckets {b}, dim {d}); \
+    let mut embedded = |key: String, table: String, buckets: u64, dim: usize| {
+        let mut found = Vec::new();
+        if buckets == 0 || buckets > MAX_BUCKETS {
+            found.push((
+                format!("{key}.buckets"),
+                format!("must be in 1..={MAX_BUCKETS}"),
+            ));
+        }
+        if dim == 0 {
+            found.push((format!("{key}.dim"), "must be at least 1".to_string()));
+        }
+        match tables.get(&table) {
+            Some((b, d, first)) if (*b, *d) != (buckets, dim) => found.push((
+                format!("{key}.table"),
+                format!(
+                    "table `{table}` is shared with {first} (buckets {b}, dim {d}); \
                      shared tables need the same buckets and dim"
-                    ),
-                )),
-                Some(_) => {}
-                None => {
-                    tables.insert(table, (buckets, dim, key));
-                }
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                tables.insert(table, (buckets, dim, key));
             }
-            found
-        };
+        }
+        found
+    };
     let mut found = Vec::new();
+    // A cross reuses columns that may be features of their own; the tuple is what must be
+    // unique among crosses.
+    let mut crosses: BTreeMap<Vec<&str>, String> = BTreeMap::new();
     for (i, f) in spec.features.categorical.iter().enumerate() {
         let key = format!("features.categorical[{i}]");
-        found.extend(embedded(key.clone(), &f.column, &f.table, f.buckets, f.dim));
-        found.extend(unique_column(
-            &mut columns,
-            &f.column,
-            format!("{key}.column"),
-        ));
+        found.extend(embedded(key.clone(), f.table_name(), f.buckets, f.dim));
+        if f.cross.is_empty() {
+            found.extend(unique_column(
+                &mut columns,
+                &f.column,
+                format!("{key}.column"),
+            ));
+            continue;
+        }
+        let tuple: Vec<&str> = f.columns().collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for c in &tuple {
+            if c.trim().is_empty() {
+                found.push((format!("{key}.cross"), "a column name is empty".into()));
+            } else if seen.contains(c) {
+                found.push((
+                    format!("{key}.cross"),
+                    format!("column `{c}` appears twice"),
+                ));
+            }
+            seen.push(c);
+        }
+        if let Some(first) = crosses.get(&tuple) {
+            found.push((
+                format!("{key}.cross"),
+                format!("the cross {tuple:?} is already declared by {first}"),
+            ));
+        } else {
+            crosses.insert(tuple, key);
+        }
     }
     for (i, f) in spec.features.list.iter().enumerate() {
         let key = format!("features.list[{i}]");
-        found.extend(embedded(key.clone(), &f.column, &f.table, f.buckets, f.dim));
+        let table = f.table.clone().unwrap_or_else(|| f.column.clone());
+        found.extend(embedded(key.clone(), table, f.buckets, f.dim));
         if f.max_len == 0 {
             found.push((format!("{key}.max_len"), "must be at least 1".into()));
         }
@@ -226,6 +252,20 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
             "is only supported with sparse = \"lazy-adam\"".into(),
         );
     }
+    match (spec.optimizer.lr_schedule, spec.optimizer.lr_gamma) {
+        (LrSchedule::Exponential, None) => push(
+            "optimizer.lr_gamma".into(),
+            "is required by lr_schedule = \"exponential\"".into(),
+        ),
+        (LrSchedule::Exponential, Some(g)) if !(g > 0.0 && g <= 1.0) => {
+            push("optimizer.lr_gamma".into(), "must be in (0, 1]".into())
+        }
+        (LrSchedule::Exponential, Some(_)) | (_, None) => {}
+        (_, Some(_)) => push(
+            "optimizer.lr_gamma".into(),
+            "is only used by lr_schedule = \"exponential\"".into(),
+        ),
+    }
     for (stage, w) in &spec.loss.weights {
         if !is_positive(*w) {
             push(
@@ -285,7 +325,7 @@ pub(super) fn check_funnel_refs(spec: &JobSpec, funnel: &ResolvedFunnel) -> Vec<
         .features
         .categorical
         .iter()
-        .map(|f| f.column.as_str())
+        .flat_map(|f| f.columns())
         .chain(spec.features.list.iter().map(|f| f.column.as_str()))
         .chain(spec.features.numeric.iter().map(|f| f.column.as_str()))
         .collect();

@@ -252,3 +252,81 @@ fn collect_keys(v: &toml::Value, path: &str, missing: &mut Vec<String>, docs: &s
         }
     }
 }
+
+#[test]
+fn lr_schedules_follow_pytorchs_per_epoch_schedulers() {
+    let with = |extra: &str| {
+        Job::parse(&format!("{MINIMAL}[optimizer]\n{extra}"), "t")
+            .expect("valid")
+            .spec
+            .optimizer
+    };
+    let constant = with("");
+    assert_eq!(constant.lr_schedule, LrSchedule::Constant);
+    assert!((0..5).all(|e| constant.lr_factor(e, 4) == 1.0));
+
+    // ExponentialLR(gamma): gamma^epoch.
+    let exp = with("lr_schedule = \"exponential\"\nlr_gamma = 0.5");
+    let got: Vec<f64> = (0..4).map(|e| exp.lr_factor(e, 4)).collect();
+    assert_eq!(got, [1.0, 0.5, 0.25, 0.125]);
+
+    // CosineAnnealingLR(T_max = epochs, eta_min = 0): (1 + cos(pi e / E)) / 2, full rate at
+    // the first epoch, half way at E / 2; past the end it stays at 0 rather than rising again.
+    let cos = with("lr_schedule = \"cosine\"");
+    let f = |e| cos.lr_factor(e, 4);
+    assert_eq!(f(0), 1.0);
+    assert!((f(1) - 0.853_553_390_593_273_8).abs() < 1e-15, "{}", f(1));
+    assert!((f(2) - 0.5).abs() < 1e-15);
+    assert!(f(3) > 0.0 && f(3) < 0.15);
+    assert!(f(4).abs() < 1e-15 && f(9).abs() < 1e-15);
+}
+
+#[test]
+fn lr_gamma_is_checked_against_its_schedule() {
+    let opt = |extra: &str| format!("{MINIMAL}[optimizer]\n{extra}");
+    let gamma = ["optimizer.lr_gamma"];
+    assert_eq!(keys(&opt("lr_schedule = \"exponential\"")), gamma);
+    for bad in ["0.0", "1.5", "-0.5", "nan"] {
+        let text = opt(&format!("lr_schedule = \"exponential\"\nlr_gamma = {bad}"));
+        assert_eq!(keys(&text), gamma, "lr_gamma = {bad}");
+    }
+    assert_eq!(
+        keys(&opt("lr_schedule = \"cosine\"\nlr_gamma = 0.5")),
+        gamma
+    );
+    assert_eq!(keys(&opt("lr_gamma = 0.5")), gamma);
+    assert_eq!(
+        keys(&opt("lr_schedule = \"linear\"")),
+        ["optimizer.lr_schedule"]
+    );
+    Job::parse(&opt("lr_schedule = \"exponential\"\nlr_gamma = 1.0"), "t").expect("valid");
+}
+
+#[test]
+fn crosses_are_checked_and_get_their_own_table() {
+    let cross = |extra: &str| {
+        format!(
+            "{MINIMAL}[[features.categorical]]\ncolumn = \"user_id\"\n{extra}\nbuckets = 100\ndim = 8\n"
+        )
+    };
+    let job = Job::parse(&cross("cross = [\"query\"]"), "t").expect("valid");
+    let c = &job.spec.features.categorical[1];
+    assert_eq!(c.columns().collect::<Vec<_>>(), ["user_id", "query"]);
+    assert_eq!(c.table_name(), "user_id_x_query");
+    assert_eq!(job.spec.features.categorical[0].table_name(), "user_id");
+
+    let key = ["features.categorical[1].cross"];
+    assert_eq!(keys(&cross("cross = [\"user_id\"]")), key);
+    assert_eq!(keys(&cross("cross = [\"query\", \"query\"]")), key);
+    assert_eq!(keys(&cross("cross = [\" \"]")), key);
+    // The same tuple twice.
+    let twice = format!(
+        "{}[[features.categorical]]\ncolumn = \"user_id\"\ncross = [\"query\"]\nbuckets = 100\n\
+         dim = 8\ntable = \"other\"\n",
+        cross("cross = [\"query\"]")
+    );
+    assert_eq!(keys(&twice), ["features.categorical[2].cross"]);
+    // A label inside a cross leaks it like any feature.
+    let leak = cross("cross = [\"click\"]").replace("preset = \"esm2\"", "preset = \"esmm\"");
+    assert_eq!(keys(&leak), ["features"]);
+}

@@ -152,6 +152,27 @@ pub struct CategoricalSpec {
     /// Embedding table name; features naming the same table share it (and its hash seed).
     #[serde(default)]
     pub table: Option<String>,
+    /// Further columns crossed with `column`: the feature is then the tuple of their values,
+    /// hashed together into one bucket (a feature cross, EasyRec's `ComboFeature`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross: Vec<String>,
+}
+
+impl CategoricalSpec {
+    /// The columns whose values make up the feature: `column`, then `cross`.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.column.as_str()).chain(self.cross.iter().map(String::as_str))
+    }
+
+    /// Its embedding table: `table`, or the column name, or for a cross the column names
+    /// joined by `_x_` (`query_x_category_id`), so that a cross never shares the table of
+    /// its first column by accident.
+    pub fn table_name(&self) -> String {
+        match &self.table {
+            Some(t) => t.clone(),
+            None => self.columns().collect::<Vec<_>>().join("_x_"),
+        }
+    }
 }
 
 /// `[[features.list]]`.
@@ -335,6 +356,12 @@ pub struct OptimizerSpec {
     /// is added to each touched row's gradient.
     #[serde(default)]
     pub sparse_weight_decay: f64,
+    /// Learning-rate schedule over epochs, applied to `lr` and `sparse_lr` alike.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// `exponential` schedule: the factor per epoch (PyTorch `ExponentialLR`'s gamma).
+    #[serde(default)]
+    pub lr_gamma: Option<f64>,
 }
 
 impl Default for OptimizerSpec {
@@ -346,8 +373,40 @@ impl Default for OptimizerSpec {
             sparse_lr: None,
             weight_decay: 0.0,
             sparse_weight_decay: 0.0,
+            lr_schedule: LrSchedule::default(),
+            lr_gamma: None,
         }
     }
+}
+
+impl OptimizerSpec {
+    /// The factor on both learning rates during `epoch` (0-based) of `epochs`: what PyTorch's
+    /// per-epoch schedulers (`ExponentialLR`, `CosineAnnealingLR` with `T_max = epochs` and
+    /// `eta_min = 0`) give after `epoch` calls of `scheduler.step()`.
+    pub fn lr_factor(&self, epoch: u64, epochs: u64) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Exponential => self.lr_gamma.unwrap_or(1.0).powf(epoch as f64),
+            LrSchedule::Cosine => {
+                let t = epoch.min(epochs) as f64 / epochs.max(1) as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// Learning-rate schedules, stepped once per epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// The same rates every epoch.
+    #[default]
+    Constant,
+    /// Rates times `lr_gamma^epoch`.
+    Exponential,
+    /// Rates times `(1 + cos(pi * epoch / epochs)) / 2`: from the full rate at the first
+    /// epoch down towards 0 after the last.
+    Cosine,
 }
 
 fn default_lr() -> f64 {

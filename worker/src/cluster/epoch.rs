@@ -68,6 +68,7 @@ pub fn train_epochs(
     while state.epochs_done < epochs {
         let epoch = state.epochs_done;
         let _span = info_span!("epoch", epoch, generation = ctx.ring.generation).entered();
+        trainer.begin_epoch(epoch);
         let trained = train_epoch(
             &mut trainer,
             &mut state,
