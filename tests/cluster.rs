@@ -112,6 +112,19 @@ fn equivalence_with(
     ((rel, name, steps), one, three)
 }
 
+/// Each epoch's (dense, sparse) learning rates in metrics.jsonl.
+fn lr_trajectory(output: &Path) -> Vec<(f64, f64)> {
+    let lines = std::fs::read_to_string(output.join("metrics.jsonl")).expect("metrics.jsonl");
+    lines
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).expect("json");
+            let rate = |k: &str| r["lr"][k].as_f64().expect("lr");
+            (rate("dense"), rate("sparse"))
+        })
+        .collect()
+}
+
 /// Each epoch's task weights in metrics.jsonl, then the next epoch's from trainer.json.
 fn weight_trajectory(output: &Path) -> Vec<Vec<f64>> {
     let lines = std::fs::read_to_string(output.join("metrics.jsonl")).expect("metrics.jsonl");
@@ -169,27 +182,48 @@ fn three_workers_track_one_worker_under_adam() {
 
 #[test]
 fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
-    // Per epoch (at the coordinator), then every 10 steps (on every worker).
-    for (weighting, update) in [
-        ("gradnorm_every = 4\ngradnorm_lr = 0.5", "per epoch"),
+    // Per epoch (at the coordinator), then every 10 steps (on every worker). The first also
+    // halves the learning rates every epoch: the workers must apply the schedule exactly as
+    // the single process does, or the models part after the first epoch.
+    const SCHEDULE: &str = "\nlr_schedule = \"exponential\"\nlr_gamma = 0.5";
+    for (weighting, update, schedule) in [
+        (
+            "gradnorm_every = 4\ngradnorm_lr = 0.5",
+            "per epoch",
+            SCHEDULE,
+        ),
         (
             "gradnorm_every = 2\ngradnorm_lr = 0.2\ngradnorm_update_every = 10",
             "every 10 steps",
+            "",
         ),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let with = format!("weighting = \"gradnorm\"\n{weighting}");
-        // The rates halve every epoch: the workers must apply the schedule exactly as the
-        // single process does, or the models part after the first epoch.
+        let optimizer =
+            format!("[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"{schedule}");
         let ((rel, name, _), one, three) = equivalence_with(
             dir.path(),
-            "[optimizer]\ndense = \"sgd\"\nlr = 0.05\nsparse = \"sgd\"\n\
-             lr_schedule = \"exponential\"\nlr_gamma = 0.5",
+            &optimizer,
             &[
                 ("epochs = 1", "epochs = 3"),
                 ("weighting = \"fixed\"", &with),
             ],
         );
+        // Both ran at the rates of the schedule (1 worker is a cluster of one too, so equal
+        // models alone would not show it): 0.05, halved per epoch in the first case.
+        for out in [&one, &three] {
+            let rates = lr_trajectory(out);
+            assert_eq!(rates.len(), 3, "{rates:?}");
+            for (e, &(dense, sparse)) in rates.iter().enumerate() {
+                let factor: f64 = if schedule.is_empty() { 1.0 } else { 0.5 };
+                let want = 0.05 * factor.powi(e as i32);
+                assert!(
+                    (dense - want).abs() < 1e-12 && (sparse - want).abs() < 1e-12,
+                    "{update}: epoch {e} ran at {dense} / {sparse}, expected {want}"
+                );
+            }
+        }
         let (a, b) = (weight_trajectory(&one), weight_trajectory(&three));
         eprintln!("{update}: 1 worker {a:?}\n3 workers {b:?}\nmodel: {rel:.3e} ({name})");
         assert_eq!(a.len(), 4, "3 epochs and the next");
@@ -201,9 +235,10 @@ fn gradnorm_weights_follow_the_same_trajectory_on_three_workers_as_on_one() {
             );
         }
         // 3 epochs (162 steps) of summation-order noise through weights that GradNorm keeps
-        // moving: measured 8.2e-6 (per epoch) and 1.7e-6 with gemm's AVX2 kernels, 1.07e-5 and
-        // 1.3e-6 with its AVX-512 ones, which block the sums differently. The weights above
-        // are the test's point; this bound only catches models that drift apart.
+        // moving: measured 8.2e-6 (per epoch, constant rates) and 1.7e-6 with gemm's AVX2
+        // kernels, 1.07e-5 and 1.3e-6 with its AVX-512 ones, which block the sums
+        // differently; per epoch with the halving schedule 1.5e-6 (AVX-512). The weights
+        // above are the test's point; this bound only catches models that drift apart.
         assert!(
             rel <= 5e-5,
             "{update}: {name}: relative difference {rel:.3e} > 5e-5"

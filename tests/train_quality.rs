@@ -2,12 +2,12 @@
 //! true probability, the trained model's eval AUC per target is compared with the oracle AUC
 //! (the truth column's AUC on the same eval rows).
 //!
-//! The issue asks for every target within 0.01 of the oracle at 2M training rows. Measured so
-//! far (docs/training.md): 0.024 to 0.039 short at 2.2M rows and 0.0095 to 0.022 at 0.9M rows
-//! after 6 epochs, so that goal is not met. This test runs a smaller size in CI and asserts the
-//! bounds measured here with a margin of about 0.012 (`MAX_GAP`); a broken model (AUC ~0.5) or
-//! funnel (children above parents), or a loss of what deep-fwfm and weight decay gained, fails
-//! it.
+//! The issue asks for every target within 0.01 of the oracle at 2M training rows
+//! (docs/training.md "Quality against the oracle" has the full-size figures). This test runs
+//! 360k training rows of a small world in CI with the documented recipe for 3 epochs and
+//! asserts the gaps measured here with a margin of 0.005-0.007 (`MAX_GAP`); a broken model
+//! (AUC ~0.5) or funnel (children above parents), or a loss of what deep-fwfm, weight decay and
+//! the cosine schedule gained, fails it.
 
 mod support;
 
@@ -17,10 +17,11 @@ use std::path::Path;
 use support::funnel;
 
 /// Largest accepted (oracle AUC - model AUC) per target at this size, in `TARGETS` order.
-/// Measured (deep-fwfm, 2 threads, seed 42; deterministic run to run): click 0.047, favorite
-/// 0.049, order 0.023, pay 0.021 (6 epochs instead of 3: 0.039, 0.039, 0.023, 0.021; plain
-/// DeepFM at 3 epochs: 0.056, 0.062, 0.029, 0.025, beyond the click and favorite bounds).
-const MAX_GAP: [f64; 4] = [0.06, 0.06, 0.035, 0.035];
+/// Measured (2 threads, seed 42; deterministic run to run, debug and release alike): click
+/// 0.040, favorite 0.039, order 0.018, pay 0.015. The recipe before the cosine schedule and
+/// the separate history table (constant rates, lr 0.001, sparse_lr 0.005) measured 0.047,
+/// 0.049, 0.023, 0.021, beyond the click and favorite bounds.
+const MAX_GAP: [f64; 4] = [0.045, 0.045, 0.025, 0.022];
 const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
 
 /// Oracle AUC per target over the job's eval data (the library code the run report uses).
@@ -66,22 +67,29 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
     .success();
     // DeepFM with a field-weighted FM per tower (dot products between fields: the truth's
     // user-item affinity and query-category match are such products, weighed differently by
-    // each tower), equal field widths, small towers, weight decay on both sides, 3 epochs: the
-    // recipe of docs/training.md "Quality against the oracle".
+    // each tower), equal field widths, small towers, the history list on a table of its own,
+    // weight decay on both sides, higher rates with a cosine schedule, 3 epochs: the recipe of
+    // docs/training.md "Quality against the oracle".
     let text = std::fs::read_to_string(&spec).expect("spec");
     let text = text
         .replace("kind = \"mlp\"", "kind = \"deep-fwfm\"")
         .replace("dim = 8", "dim = 16")
         .replace("dim = 4", "dim = 16")
         .replace("hidden = [256, 128]", "hidden = [64, 32]")
+        .replace("max_len = 20\ntable = \"items\"", "max_len = 20")
         .replace("epochs = 2", "epochs = 3")
+        .replace("lr = 0.001", "lr = 0.002")
         .replace(
             "sparse = \"lazy-adam\"",
-            "sparse = \"lazy-adam\"\nsparse_lr = 0.005\nsparse_weight_decay = 3e-5\nweight_decay = 1e-4",
+            "sparse = \"lazy-adam\"\nsparse_lr = 0.01\nsparse_weight_decay = 3e-5\n\
+             weight_decay = 1e-4\nlr_schedule = \"cosine\"",
         );
     assert!(
         text.contains("deep-fwfm")
             && text.contains("sparse_weight_decay")
+            && text.contains("lr_schedule")
+            && text.contains("lr = 0.002")
+            && text.matches("table = \"items\"").count() == 1
             && text.contains("epochs = 3")
     );
     std::fs::write(&spec, text).expect("write spec");

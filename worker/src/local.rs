@@ -382,6 +382,7 @@ pub(crate) fn epoch_record(
             "grad_norms": t.mean_grad_norms(),
         },
         "weights": weights,
+        "lr": {"dense": trainer.rates().0, "sparse": trainer.rates().1},
         "eval": eval.map(|e| json!({"metrics": e.report, "decode": e.decode})),
     })
 }

@@ -47,6 +47,9 @@ pub struct Trainer {
     pub(crate) weighting: WeightingState,
     /// Reused `[rows, emb_dim]` gather buffer.
     emb: Vec<f32>,
+    /// The (dense, sparse) learning rates in force: the spec's, then those set by the last
+    /// [`Self::begin_epoch`].
+    rates: (f64, f64),
 }
 
 impl Trainer {
@@ -75,6 +78,8 @@ impl Trainer {
         let sparse_config = SparseOptimizerConfig::from_spec(&job.spec.optimizer);
         let sparse = sparse.unwrap_or_else(|| EmbeddingOptimizers::new(&sparse_config, &set));
         let weights = initial_weights(&job)?;
+        let opt = &job.spec.optimizer;
+        let rates = (opt.lr, opt.sparse_lr.unwrap_or(opt.lr));
         let weighting = WeightingState::new(job.spec.loss.weighting, &weights);
         Ok(Self {
             job,
@@ -85,6 +90,7 @@ impl Trainer {
             weights,
             weighting,
             emb: Vec::new(),
+            rates,
         })
     }
 
@@ -127,8 +133,15 @@ impl Trainer {
         let spec = &self.job.spec;
         let opt = &spec.optimizer;
         let factor = opt.lr_factor(epoch, spec.train.epochs as u64);
-        self.model.optimizer_mut().set_lr((opt.lr * factor) as f32);
-        self.sparse.set_lr(opt.sparse_lr.unwrap_or(opt.lr) * factor);
+        self.rates = (opt.lr * factor, opt.sparse_lr.unwrap_or(opt.lr) * factor);
+        self.model.optimizer_mut().set_lr(self.rates.0 as f32);
+        self.sparse.set_lr(self.rates.1);
+    }
+
+    /// The (dense, sparse) learning rates in force (the spec's before the first
+    /// [`Self::begin_epoch`]), as metrics.jsonl records them per epoch.
+    pub fn rates(&self) -> (f64, f64) {
+        self.rates
     }
 
     /// Sets the task weights (the next epoch's, from the coordinator or the epoch update).
