@@ -273,9 +273,7 @@ mod tests {
     use super::*;
     use arrow_schema::Field;
 
-    fn job() -> Job {
-        Job::parse(
-            r#"
+    const JOB: &str = r#"
 version = 1
 [data]
 train = "memory://t/x"
@@ -287,10 +285,10 @@ dim = 2
 column = "price"
 [funnel]
 preset = "esmm"
-"#,
-            "t",
-        )
-        .expect("valid")
+"#;
+
+    fn job() -> Job {
+        Job::parse(JOB, "t").expect("valid")
     }
 
     #[test]
@@ -322,25 +320,12 @@ preset = "esmm"
 
     #[test]
     fn cross_members_are_read_and_checked_under_the_cross_key() {
-        let text = r#"
-version = 1
-[data]
-train = "memory://t/x"
-[[features.categorical]]
-column = "user"
-buckets = 10
-dim = 2
-[[features.categorical]]
-column = "user"
-cross = ["price"]
-buckets = 10
-dim = 2
-[[features.numeric]]
-column = "price"
-[funnel]
-preset = "esmm"
-"#;
-        let plan = DecodePlan::for_prediction(&Job::parse(text, "t").expect("valid"));
+        let text = JOB.replace(
+            "[[features.numeric]]",
+            "[[features.categorical]]\ncolumn = \"user\"\ncross = [\"price\"]\nbuckets = 10\n\
+             dim = 2\n[[features.numeric]]",
+        );
+        let plan = DecodePlan::for_prediction(&Job::parse(&text, "t").expect("valid"));
         let cols: Vec<(String, String)> =
             plan.columns().into_iter().map(|(c, k, _)| (c, k)).collect();
         let want = [
