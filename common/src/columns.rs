@@ -97,7 +97,7 @@ impl DecodePlan {
             .map(|(i, c)| HashedField {
                 column: c.column.clone(),
                 key: format!("features.list[{i}]"),
-                seed: table_seed(c.table.as_deref().unwrap_or(&c.column)),
+                seed: table_seed(&c.table_name()),
                 buckets: c.buckets,
                 max_len: c.max_len,
                 separator: c.separator.clone(),

@@ -79,7 +79,7 @@ impl Trainer {
         let sparse = sparse.unwrap_or_else(|| EmbeddingOptimizers::new(&sparse_config, &set));
         let weights = initial_weights(&job)?;
         let opt = &job.spec.optimizer;
-        let rates = (opt.lr, opt.sparse_lr.unwrap_or(opt.lr));
+        let rates = (opt.lr, opt.base_sparse_lr());
         let weighting = WeightingState::new(job.spec.loss.weighting, &weights);
         Ok(Self {
             job,
@@ -133,7 +133,7 @@ impl Trainer {
         let spec = &self.job.spec;
         let opt = &spec.optimizer;
         let factor = opt.lr_factor(epoch, spec.train.epochs as u64);
-        self.rates = (opt.lr * factor, opt.sparse_lr.unwrap_or(opt.lr) * factor);
+        self.rates = (opt.lr * factor, opt.base_sparse_lr() * factor);
         self.model.optimizer_mut().set_lr(self.rates.0 as f32);
         self.sparse.set_lr(self.rates.1);
     }
@@ -169,7 +169,9 @@ impl Trainer {
         }
         let spec = &self.job.spec;
         if spec.loss.weighting == Weighting::Uwl {
-            let lr = spec.optimizer.lr;
+            // UWL's log-variances step at the dense rate in force, as parameters of a PyTorch
+            // optimizer under its scheduler would.
+            let lr = self.rates.0;
             let w = self
                 .weighting
                 .uwl

@@ -153,7 +153,7 @@ impl SparseOptimizerConfig {
 
     /// `[optimizer]`: `sparse` with `sparse_lr`, or `lr` when that is absent.
     pub fn from_spec(spec: &OptimizerSpec) -> Self {
-        match Self::from_kind(spec.sparse, spec.sparse_lr.unwrap_or(spec.lr)) {
+        match Self::from_kind(spec.sparse, spec.base_sparse_lr()) {
             Self::LazyAdam(c) => Self::LazyAdam(AdamConfig {
                 weight_decay: spec.sparse_weight_decay,
                 ..c

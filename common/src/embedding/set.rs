@@ -335,10 +335,10 @@ fn layout(f: &FeaturesSpec) -> Result<(Vec<TableShape>, Vec<FeatureSlot>), Embed
         .categorical
         .iter()
         .map(|c| (&c.column, c.table_name(), c.buckets, c.dim, false));
-    let list = f.list.iter().map(|c| {
-        let table = c.table.clone().unwrap_or_else(|| c.column.clone());
-        (&c.column, table, c.buckets, c.dim, true)
-    });
+    let list = f
+        .list
+        .iter()
+        .map(|c| (&c.column, c.table_name(), c.buckets, c.dim, true));
     let mut fields = [0usize; 2];
     for (column, table, buckets, dim, pooled) in cat.chain(list) {
         let field = fields[pooled as usize];

@@ -164,8 +164,7 @@ pub(super) fn check_spec(spec: &JobSpec) -> Vec<ConfigIssue> {
     }
     for (i, f) in spec.features.list.iter().enumerate() {
         let key = format!("features.list[{i}]");
-        let table = f.table.clone().unwrap_or_else(|| f.column.clone());
-        found.extend(embedded(key.clone(), table, f.buckets, f.dim));
+        found.extend(embedded(key.clone(), f.table_name(), f.buckets, f.dim));
         if f.max_len == 0 {
             found.push((format!("{key}.max_len"), "must be at least 1".into()));
         }

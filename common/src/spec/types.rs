@@ -196,6 +196,13 @@ pub struct ListSpec {
     pub table: Option<String>,
 }
 
+impl ListSpec {
+    /// Its embedding table: `table`, or the column name.
+    pub fn table_name(&self) -> String {
+        self.table.clone().unwrap_or_else(|| self.column.clone())
+    }
+}
+
 /// `[[features.numeric]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +387,11 @@ impl Default for OptimizerSpec {
 }
 
 impl OptimizerSpec {
+    /// The sparse learning rate before any schedule: `sparse_lr`, or `lr` when absent.
+    pub fn base_sparse_lr(&self) -> f64 {
+        self.sparse_lr.unwrap_or(self.lr)
+    }
+
     /// The factor on both learning rates during `epoch` (0-based) of `epochs`: what PyTorch's
     /// per-epoch schedulers (`ExponentialLR`, `CosineAnnealingLR` with `T_max = epochs` and
     /// `eta_min = 0`) give after `epoch` calls of `scheduler.step()`.
