@@ -5,7 +5,7 @@
 //! The issue asks for every target within 0.01 of the oracle at 2M training rows
 //! (docs/training.md "Quality against the oracle" has the full-size figures). This test runs
 //! 360k training rows of a small world in CI with the documented recipe for 3 epochs and
-//! asserts the gaps measured here with a margin of 0.005-0.007 (`MAX_GAP`); a broken model
+//! asserts the gaps measured here with a margin of 0.005-0.006 (`MAX_GAP`); a broken model
 //! (AUC ~0.5) or funnel (children above parents), or a loss of what deep-fwfm, weight decay and
 //! the cosine schedule gained, fails it.
 
@@ -18,10 +18,11 @@ use support::funnel;
 
 /// Largest accepted (oracle AUC - model AUC) per target at this size, in `TARGETS` order.
 /// Measured (2 threads, seed 42; deterministic run to run, debug and release alike): click
-/// 0.040, favorite 0.039, order 0.018, pay 0.015. The recipe before the cosine schedule and
-/// the separate history table (constant rates, lr 0.001, sparse_lr 0.005) measured 0.047,
-/// 0.049, 0.023, 0.021, beyond the click and favorite bounds.
-const MAX_GAP: [f64; 4] = [0.045, 0.045, 0.025, 0.022];
+/// 0.039, favorite 0.042, order 0.021, pay 0.020 (without the query x category cross, which
+/// helps at 2M rows but not at 360k: 0.040, 0.039, 0.018, 0.015). The recipe before the cosine
+/// schedule, the separate history table and the cross (constant rates, lr 0.001, sparse_lr
+/// 0.005) measured 0.047, 0.049, 0.023, 0.021, beyond the click and favorite bounds.
+const MAX_GAP: [f64; 4] = [0.045, 0.047, 0.027, 0.026];
 const TARGETS: [&str; 4] = ["click", "favorite", "order", "pay"];
 
 /// Oracle AUC per target over the job's eval data (the library code the run report uses).
@@ -67,9 +68,9 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
     .success();
     // DeepFM with a field-weighted FM per tower (dot products between fields: the truth's
     // user-item affinity and query-category match are such products, weighed differently by
-    // each tower), equal field widths, small towers, the history list on a table of its own,
-    // weight decay on both sides, higher rates with a cosine schedule, 3 epochs: the recipe of
-    // docs/training.md "Quality against the oracle".
+    // each tower), equal field widths, small towers, the history list on a table of its own, a
+    // small query x category cross, weight decay on both sides, higher rates with a cosine
+    // schedule, 3 epochs: the recipe of docs/training.md "Quality against the oracle".
     let text = std::fs::read_to_string(&spec).expect("spec");
     let text = text
         .replace("kind = \"mlp\"", "kind = \"deep-fwfm\"")
@@ -77,6 +78,11 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
         .replace("dim = 4", "dim = 16")
         .replace("hidden = [256, 128]", "hidden = [64, 32]")
         .replace("max_len = 20\ntable = \"items\"", "max_len = 20")
+        .replace(
+            "[funnel]",
+            "[[features.categorical]]\ncolumn = \"query\"\ncross = [\"category_id\"]\n\
+             buckets = 500\ndim = 16\n\n[funnel]",
+        )
         .replace("epochs = 2", "epochs = 3")
         .replace("lr = 0.001", "lr = 0.002")
         .replace(
@@ -88,6 +94,7 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
         text.contains("deep-fwfm")
             && text.contains("sparse_weight_decay")
             && text.contains("lr_schedule")
+            && text.contains("cross = ")
             && text.contains("lr = 0.002")
             && text.matches("table = \"items\"").count() == 1
             && text.contains("epochs = 3")
