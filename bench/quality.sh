@@ -32,24 +32,15 @@ mkdir -p "$out/holdout"
 mv "$out/data/train/part-00004.parquet" "$out/holdout/train-part.parquet"
 mv "$out/data/eval/part-00004.parquet" "$out/holdout/eval-part.parquet"
 
-# The recipe (docs/training.md): edits of the spec gen-data wrote.
+# The recipe (docs/training.md; tests/fixtures/quality_recipe.json, shared with
+# tests/train_quality.rs): edits of the spec gen-data wrote.
 EPOCHS=$epochs "$py" - "$out/job.toml" <<'PY'
-import os, sys
+import json, os, sys
 path = sys.argv[1]
 text = open(path).read()
-edits = [
-    ("dim = 8", "dim = 16"),
-    ("dim = 4", "dim = 16"),
-    ("max_len = 20\ntable = \"items\"", "max_len = 20"),
-    ("[funnel]", "[[features.categorical]]\ncolumn = \"query\"\ncross = [\"category_id\"]\n"
-                 "buckets = 500\ndim = 16\n\n[funnel]"),
-    ("kind = \"mlp\"\nhidden = [256, 128]", "kind = \"deep-fwfm\"\nhidden = [64, 32]"),
-    ("lr = 0.001", "lr = 0.002"),
-    ("sparse = \"lazy-adam\"", "sparse = \"lazy-adam\"\nsparse_lr = 0.01\n"
-                               "sparse_weight_decay = 3e-5\nweight_decay = 1e-4\n"
-                               "lr_schedule = \"cosine\""),
-    ("epochs = 2", f"epochs = {os.environ['EPOCHS']}"),
-]
+recipe = json.load(open("tests/fixtures/quality_recipe.json"))
+edits = [(e["old"], e["new"]) for e in recipe["edits"]]
+edits.append(("epochs = 2", f"epochs = {os.environ['EPOCHS']}"))
 for old, new in edits:
     if old not in text:
         sys.exit(f"quality.sh: the written spec has no {old!r}; update the recipe edits")

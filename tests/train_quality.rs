@@ -70,26 +70,20 @@ fn eval_auc_approaches_the_oracle_on_gen_data() {
     // user-item affinity and query-category match are such products, weighed differently by
     // each tower), equal field widths, small towers, the history list on a table of its own, a
     // small query x category cross, weight decay on both sides, higher rates with a cosine
-    // schedule, 3 epochs: the recipe of docs/training.md "Quality against the oracle".
-    let text = std::fs::read_to_string(&spec).expect("spec");
-    let text = text
-        .replace("kind = \"mlp\"", "kind = \"deep-fwfm\"")
-        .replace("dim = 8", "dim = 16")
-        .replace("dim = 4", "dim = 16")
-        .replace("hidden = [256, 128]", "hidden = [64, 32]")
-        .replace("max_len = 20\ntable = \"items\"", "max_len = 20")
-        .replace(
-            "[funnel]",
-            "[[features.categorical]]\ncolumn = \"query\"\ncross = [\"category_id\"]\n\
-             buckets = 500\ndim = 16\n\n[funnel]",
-        )
-        .replace("epochs = 2", "epochs = 3")
-        .replace("lr = 0.001", "lr = 0.002")
-        .replace(
-            "sparse = \"lazy-adam\"",
-            "sparse = \"lazy-adam\"\nsparse_lr = 0.01\nsparse_weight_decay = 3e-5\n\
-             weight_decay = 1e-4\nlr_schedule = \"cosine\"",
+    // schedule (tests/fixtures/quality_recipe.json, shared with bench/quality.sh), 3 epochs: the
+    // recipe of docs/training.md "Quality against the oracle".
+    let mut text = std::fs::read_to_string(&spec).expect("spec");
+    let recipe: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/quality_recipe.json")).expect("recipe");
+    for edit in recipe["edits"].as_array().expect("edits") {
+        let (old, new) = (
+            edit["old"].as_str().expect("old"),
+            edit["new"].as_str().expect("new"),
         );
+        assert!(text.contains(old), "the written spec has no {old:?}");
+        text = text.replace(old, new);
+    }
+    let text = text.replace("epochs = 2", "epochs = 3");
     assert!(
         text.contains("deep-fwfm")
             && text.contains("sparse_weight_decay")
