@@ -11,7 +11,8 @@
 //!
 //! Environment: RANKS ("2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
 //! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "65536"; several values sweep),
-//! RING_THREADS (tokio worker threads per Funnel rank, 2).
+//! RING_THREADS (tokio worker threads per Funnel rank, 2; 0: a current-thread runtime, which
+//! drives the sockets on the thread that runs the ring: an experiment, not how a worker runs).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -201,17 +202,37 @@ fn report(imp: &str, n: usize, chunk_len: usize, bytes: usize, times: &[f64]) {
     eprintln!("{imp} n={n} {} MiB: busbw {busbw:.3} GB/s", bytes / MIB);
 }
 
-/// What a child rank reads from the parent, one line at a time.
+/// What a child rank reads from the parent, one line at a time. A thread reads stdin, so a
+/// Funnel rank can wait for its next line inside `block_on` and keep driving its runtime
+/// meanwhile (with `RING_THREADS=0` nothing else would serve its peers' handshakes).
 struct Parent {
-    lines: std::io::Lines<std::io::StdinLock<'static>>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<String>>,
 }
 
 impl Parent {
-    fn next(&mut self, word: &str) -> Res<String> {
-        let line = self.lines.next().ok_or("the parent went away")??;
+    fn start() -> Self {
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { lines }
+    }
+
+    /// The next line, which must start with `word`; the rest of it.
+    async fn next_async(&mut self, word: &str) -> Res<String> {
+        let line = self.lines.recv().await.ok_or("the parent went away")??;
         line.strip_prefix(word)
             .map(|rest| rest.trim().to_string())
             .ok_or_else(|| format!("expected {word:?} from the parent, got {line:?}").into())
+    }
+
+    /// [`Self::next_async`], blocking (outside any runtime).
+    fn next(&mut self, word: &str) -> Res<String> {
+        futures::executor::block_on(self.next_async(word))
     }
 }
 
@@ -224,9 +245,7 @@ fn child(args: &[String]) -> Res<()> {
         (rank.parse()?, n.parse()?, chunk_len.parse()?);
     let sizes: Vec<usize> = sizes.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let iters: usize = iters.parse()?;
-    let mut parent = Parent {
-        lines: std::io::stdin().lock().lines(),
-    };
+    let mut parent = Parent::start();
     let transport = match imp.as_str() {
         "funnel" => Some(RingTransport::Tcp),
         "funnel-grpc" => Some(RingTransport::Grpc),
@@ -250,15 +269,25 @@ fn funnel_rank(
     sizes: &[usize],
     iters: usize,
 ) -> Res<()> {
-    let threads = env_list("RING_THREADS", "2")?[0].max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    let threads = env_list("RING_THREADS", "2")?[0];
+    let rt = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     let token = funnel_worker::transport::Security::plain(JobToken::new("ring-bandwidth-bench")?);
     let node = rt.block_on(PeerNode::start("127.0.0.1:0".parse()?, &token))?;
     println!("addr {}", node.addr());
-    let addrs: Vec<String> = p.next("addrs")?.split(' ').map(String::from).collect();
+    let addrs: Vec<String> = rt
+        .block_on(p.next_async("addrs"))?
+        .split(' ')
+        .map(String::from)
+        .collect();
     let peer = |r: usize| PeerId {
         rank: r,
         addr: addrs[r].clone(),
@@ -283,11 +312,14 @@ fn funnel_rank(
     };
     let mut step = 0;
     for &mib in sizes {
-        // Small values, so that sums stay finite (the ring refuses non-finite values) even
-        // though every iteration multiplies them by about n.
-        let mut buf = vec![(rank + 1) as f32 * 1e-6; mib * MIB / 4];
+        let start = (rank + 1) as f32 * 1e-6;
+        let mut buf = vec![start; mib * MIB / 4];
         for _ in 0..iters {
-            p.next("go")?;
+            // Every iteration multiplies the values by about n, so they are reset before the
+            // next (untimed): the ring refuses values that are not finite, and long runs
+            // (profiling, hundreds of iterations) overflowed.
+            buf.fill(start);
+            rt.block_on(p.next_async("go"))?;
             let tag = StepTag {
                 generation: 1,
                 step,
