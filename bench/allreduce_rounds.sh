@@ -28,25 +28,23 @@ for line in sys.stdin:
 [ -x "$exe" ] || { echo "no ring_bandwidth binary" >&2; exit 1; }
 echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg); ranks $RANKS;" \
   "sizes $SIZES_MIB MiB; $rounds rounds of $WARMUP warm-up + $REPS timed iterations" >&2
-for round in $(seq 1 "$rounds"); do
-  for v in "$@"; do
-    name=${v%%:*}
-    settings=()
-    if [[ $v == *:* ]]; then IFS=, read -ra settings <<< "${v#*:}"; fi
-    env "${settings[@]}" IMPLS=funnel "$exe" 2>/dev/null \
-      | ROUND=$round NAME=$name python3 -c '
-import json, os, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    r["impl"], r["round"] = os.environ["NAME"], int(os.environ["ROUND"])
-    print(json.dumps(r))' >> "$results"
-  done
-  IMPLS=tcp "$exe" 2>/dev/null | ROUND=$round python3 -c '
+# Appends the bench's JSON lines with their round and, for a Funnel setting, its name as "impl".
+tag() {
+  ROUND=$1 NAME=${2:-} python3 -c '
 import json, os, sys
 for line in sys.stdin:
     r = json.loads(line)
     r["round"] = int(os.environ["ROUND"])
+    r["impl"] = os.environ["NAME"] or r["impl"]
     print(json.dumps(r))' >> "$results"
+}
+for round in $(seq 1 "$rounds"); do
+  for v in "$@"; do
+    settings=()
+    if [[ $v == *:* ]]; then IFS=, read -ra settings <<< "${v#*:}"; fi
+    env "${settings[@]}" IMPLS=funnel "$exe" 2>/dev/null | tag "$round" "${v%%:*}"
+  done
+  IMPLS=tcp "$exe" 2>/dev/null | tag "$round"
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 python3 bench/allreduce_rounds.py "$results"
