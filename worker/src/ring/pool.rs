@@ -43,18 +43,31 @@ impl BufferPool {
 
     /// An empty buffer with room for at least `capacity` bytes.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
-        // The newest buffer big enough: growing a smaller one would reallocate it (the last
-        // chunk of a segment is shorter than the others, so sizes do mix).
-        let spare = {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            let fit = spare.buffers.iter().rposition(|b| b.capacity() >= capacity);
-            let buf = fit.map(|k| spare.buffers.swap_remove(k));
-            spare.bytes -= buf.as_ref().map_or(0, Vec::capacity);
-            buf
-        };
-        let mut buf = spare.unwrap_or_default();
+        let mut buf = self.take_spare(capacity).unwrap_or_default();
         buf.clear();
         buf.reserve(capacity);
+        buf
+    }
+
+    /// The newest spare buffer with room for `capacity` bytes, as it was given back: growing
+    /// a smaller one would reallocate it (the last chunk of a segment is shorter than the
+    /// others, so sizes do mix).
+    fn take_spare(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let fit = spare.buffers.iter().rposition(|b| b.capacity() >= capacity);
+        let buf = fit.map(|k| spare.buffers.swap_remove(k));
+        spare.bytes -= buf.as_ref().map_or(0, Vec::capacity);
+        buf
+    }
+
+    /// A buffer of exactly `len` bytes to be overwritten, for readers that fill a slice (a
+    /// blocking `read` cannot take spare capacity without `unsafe`). A recycled buffer keeps
+    /// the bytes it last held, so only what lies beyond them is zeroed here: in steady state,
+    /// with chunks of one size, nothing is.
+    pub fn take_filled(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.take_spare(len).unwrap_or_default();
+        buf.truncate(len);
+        buf.resize(len, 0);
         buf
     }
 
@@ -139,5 +152,26 @@ mod tests {
         assert_eq!(POOL.spare_count(), 2, "a third 100 bytes would pass 256");
         drop(POOL.bytes(b));
         assert_eq!(POOL.spare_count(), 2);
+    }
+
+    #[test]
+    fn filled_buffers_are_reused_without_zeroing_what_was_written() {
+        static FILLED: BufferPool = BufferPool::new(1024, 1024);
+        let mut a = FILLED.take_filled(100);
+        assert_eq!(a, vec![0; 100], "a new buffer is zeroed");
+        a.fill(9);
+        let ptr = a.as_ptr();
+        drop(FILLED.bytes(a));
+        let b = FILLED.take_filled(60);
+        assert_eq!((b.as_ptr(), b.len()), (ptr, 60), "the same buffer, cut");
+        assert!(
+            b.iter().all(|&x| x == 9),
+            "kept as it was: nothing rewritten"
+        );
+        drop(FILLED.bytes(b));
+        // Grown within its capacity: only the part never written is zeroed.
+        let c = FILLED.take_filled(100);
+        assert_eq!(c.as_ptr(), ptr);
+        assert!(c[..60].iter().all(|&x| x == 9) && c[60..].iter().all(|&x| x == 0));
     }
 }

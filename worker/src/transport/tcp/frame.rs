@@ -14,7 +14,7 @@
 //! copy on either side. Codes are gRPC's, so a refusal reads the same on either transport.
 //! Every length is bounded before anything is allocated for it.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 use crate::ring::pool::BufferPool;
@@ -122,7 +122,8 @@ pub fn frame_header(meta_len: usize, payload_len: usize) -> [u8; 8] {
 
 /// Reads frames from one link. Header and meta come through a small read buffer; a payload is
 /// read into a buffer of `pool` (beyond what the read buffer already holds, straight from the
-/// socket), which returns to the pool once the ring has dropped it.
+/// socket), which returns to the pool once the ring has dropped it. `R` is an async socket or,
+/// on a link's own reader thread, a blocking one ([`BlockingRead`]).
 pub struct FrameReader<R> {
     inner: BufReader<R>,
     max: usize,
@@ -171,22 +172,50 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let ended = |e: std::io::Error| format!("the link ended inside a frame: {e}");
         let mut meta = vec![0u8; meta_len];
         self.inner.read_exact(&mut meta).await.map_err(ended)?;
-        let mut payload = self.pool.take(payload_len);
-        while payload.len() < payload_len {
-            let rest = payload_len - payload.len();
+        // Past what the read buffer holds, the payload is read straight from the socket.
+        let mut payload = self.pool.take_filled(payload_len);
+        let mut got = 0;
+        while got < payload_len {
             let n = self
                 .inner
-                .read_buf(&mut (&mut payload).limit(rest))
+                .read(&mut payload[got..])
                 .await
                 .map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 return Err(format!(
-                    "the link ended inside a frame ({} of {payload_len} payload bytes)",
-                    payload.len()
+                    "the link ended inside a frame ({got} of {payload_len} payload bytes)"
                 ));
             }
+            got += n;
         }
         Ok(Some((Bytes::from(meta), self.pool.bytes(payload))))
+    }
+}
+
+/// A blocking socket as an `AsyncRead` whose every poll reads (blocking the thread) and is
+/// ready: for a raw link's own reader thread (`super::serve_link`), never a runtime's worker.
+/// The thread then sleeps in the kernel until bytes arrive, as a plain `read` does, instead of
+/// waking through epoll and a runtime for every segment.
+pub struct BlockingRead(pub std::net::TcpStream);
+
+impl AsyncRead for BlockingRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Read;
+        let socket = &mut self.get_mut().0;
+        loop {
+            match socket.read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -249,6 +278,38 @@ mod tests {
                 .expect_err("short")
                 .contains("3 of 8 header bytes")
         );
+    }
+
+    #[test]
+    fn a_blocking_socket_reads_frames_written_in_pieces() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut bytes = frame(b"meta", &[5; 200_000]);
+        bytes.extend(frame(b"m2", &[6; 10]));
+        bytes.extend(frame(b"cut", &[7; 100]));
+        bytes.truncate(bytes.len() - 40);
+        let writer = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            // Small pieces, so reads return partial frames and the reader must go on.
+            for piece in bytes.chunks(7_000) {
+                s.write_all(piece).expect("write");
+            }
+        });
+        let (socket, _) = listener.accept().expect("accept");
+        let mut r = FrameReader::new(BlockingRead(socket), 1 << 20, &crate::ring::pool::CHUNKS);
+        let first = futures::executor::block_on(r.next())
+            .expect("read")
+            .expect("frame");
+        assert_eq!((&first.0[..], first.1.len()), (&b"meta"[..], 200_000));
+        assert!(first.1.iter().all(|&b| b == 5));
+        let second = futures::executor::block_on(r.next())
+            .expect("read")
+            .expect("frame");
+        assert_eq!((&second.0[..], &second.1[..]), (&b"m2"[..], &[6u8; 10][..]));
+        let cut = futures::executor::block_on(r.next()).expect_err("cut");
+        assert!(cut.contains("60 of 100 payload bytes"), "{cut}");
+        writer.join().expect("writer");
     }
 
     #[tokio::test]

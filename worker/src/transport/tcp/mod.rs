@@ -10,6 +10,9 @@
 //! same decoding (`super::server::forward`, `super::wire`), so the ring sees identical
 //! messages and errors from either. TLS jobs use gRPC: this link has no encryption.
 //!
+//! Accepted links are read on a thread of their own with blocking reads ([`read_frames`]);
+//! sends stay non-blocking writes from the ring's task, straight from the buffer it reduces.
+//!
 //! - [`frame`]: the byte layout (handshake, verdicts, frames) and the frame reader.
 
 pub mod frame;
@@ -19,8 +22,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
@@ -72,7 +75,7 @@ pub(super) async fn accept(
         tokio::spawn(async move {
             let mut first = [0u8; 1];
             match tokio::time::timeout(FIRST_BYTES_WAIT, stream.peek(&mut first)).await {
-                Ok(Ok(1)) if first[0] == frame::MAGIC[0] => serve_link(stream, &ctx).await,
+                Ok(Ok(1)) if first[0] == frame::MAGIC[0] => serve_link(stream, ctx).await,
                 Ok(Ok(1)) => {
                     let _ = grpc.send(Ok(stream)).await;
                 }
@@ -83,8 +86,9 @@ pub(super) async fn accept(
     }
 }
 
-/// Serves one raw link: handshake, then its frames into the ring through `forward`.
-async fn serve_link(stream: TcpStream, ctx: &LinkContext) {
+/// Serves one raw link: handshake, then its frames into the ring through `forward`, read on
+/// a thread of the link's own ([`read_frames`]).
+async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     let (mut read, mut write) = stream.into_split();
     let hello = tokio::time::timeout(FIRST_BYTES_WAIT, frame::read_hello(&mut read)).await;
     let refusal = match &hello {
@@ -114,25 +118,71 @@ async fn serve_link(stream: TcpStream, ctx: &LinkContext) {
     {
         return;
     }
-    let verdict = match hello {
-        Ok(Ok((Kind::Chunks, _))) => route::<Chunk>(read, ctx, |i| &i.chunks).await,
-        _ => route::<SparseBlock>(read, ctx, |i| &i.sparse).await,
+    let kind = match hello {
+        Ok(Ok((kind, _))) => kind,
+        _ => return,
     };
+    let detached = read
+        .reunite(write)
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.into_std().map_err(|e| e.to_string()))
+        .and_then(|s| {
+            s.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let writer = s.try_clone().map_err(|e| e.to_string())?;
+            Ok((s, writer))
+        });
+    let (socket, writer) = match detached {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "raw ring link: cannot take its socket");
+            return;
+        }
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let reader = std::thread::Builder::new()
+        .name("funnel-link".into())
+        .spawn(move || read_frames(socket, writer, kind, &ctx, &runtime));
+    if let Err(e) = reader {
+        // The socket went with the closure: the link closes and the sender sees it broken.
+        tracing::warn!(error = %e, "raw ring link: no reader thread");
+    }
+}
+
+/// A raw link's reader thread: blocking reads of its frames (the thread sleeps in the kernel
+/// until bytes arrive, as the raw TCP ceiling's reader does), routed into the ring by
+/// `forward` under `runtime` (its timers and channels), then the final verdict. Measured
+/// against a reader task on the runtime, which woke through epoll for every arriving segment
+/// and read with a `recvfrom` that found nothing about as often: docs/benchmarks.md.
+fn read_frames(
+    socket: std::net::TcpStream,
+    mut writer: std::net::TcpStream,
+    kind: Kind,
+    ctx: &LinkContext,
+    runtime: &tokio::runtime::Handle,
+) {
+    let verdict = runtime.block_on(async {
+        let socket = frame::BlockingRead(socket);
+        match kind {
+            Kind::Chunks => route::<Chunk, _>(socket, ctx, |i| &i.chunks).await,
+            Kind::Sparse => route::<SparseBlock, _>(socket, ctx, |i| &i.sparse).await,
+        }
+    });
     let bytes = match verdict {
         Some(Ok(n)) => frame::verdict(Code::Ok, &format!("{n} messages")),
         Some(Err(status)) => frame::verdict(status.code(), status.message()),
         None => return,
     };
-    let _ = write.write_all(&bytes).await;
-    let _ = write.shutdown().await;
+    use std::io::Write;
+    let _ = writer.write_all(&bytes);
+    let _ = writer.shutdown(std::net::Shutdown::Write);
 }
 
-async fn route<M: Wire>(
-    read: OwnedReadHalf,
+async fn route<M: Wire, R: AsyncRead + Unpin + Send>(
+    read: R,
     ctx: &LinkContext,
     slot: fn(&Inbox) -> &Slot<M>,
 ) -> Option<Result<u64, Status>> {
-    let source = Frames::<M> {
+    let source = Frames::<M, R> {
         reader: FrameReader::new(read, MAX_MESSAGE_BYTES, &crate::ring::pool::CHUNKS),
         _kind: PhantomData,
     };
@@ -140,12 +190,12 @@ async fn route<M: Wire>(
 }
 
 /// A raw link's frames as messages of kind `M`.
-struct Frames<M> {
-    reader: FrameReader<OwnedReadHalf>,
+struct Frames<M, R> {
+    reader: FrameReader<R>,
     _kind: PhantomData<fn() -> M>,
 }
 
-impl<M: Wire> Incoming<M::Pb> for Frames<M> {
+impl<M: Wire, R: AsyncRead + Unpin + Send> Incoming<M::Pb> for Frames<M, R> {
     async fn next(&mut self) -> Result<Option<M::Pb>, String> {
         let Some((meta, payload)) = self.reader.next().await? else {
             return Ok(None);
