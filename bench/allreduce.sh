@@ -4,7 +4,9 @@
 # ranks and sizes of f32, one process per rank, in one run; prints the table and the ratios.
 # Not run by CI; the gloo side needs torch in bench/.venv (installed as bench/train.sh does).
 #   bench/allreduce.sh
-# Environment: RANKS (default "2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
+# Environment: ROUNDS (3: the whole comparison that many times over; ratios are taken within
+# each round and their median reported), RANKS (default "2 3 4"), SIZES_MIB ("1 4 16 64 256"),
+# REPS (5), WARMUP (2),
 # CHUNK_LENS (Funnel's values per chunk, "65536"; several values sweep), RING_THREADS (tokio
 # worker threads per Funnel rank, 2), CARGO_TARGET_DIR. A quick run:
 #   SIZES_MIB="1 16" RANKS="2 3" REPS=3 bench/allreduce.sh
@@ -15,6 +17,7 @@ export RANKS=${RANKS:-"2 3 4"}
 export SIZES_MIB=${SIZES_MIB:-"1 4 16 64 256"}
 export REPS=${REPS:-5}
 export WARMUP=${WARMUP:-2}
+rounds=${ROUNDS:-3}
 out=bench/out/allreduce
 py=bench/.venv/bin/python
 
@@ -39,12 +42,26 @@ mkdir -p "$out"
 results=$out/results.jsonl
 : > "$results"
 echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
-  "ranks $RANKS; sizes $SIZES_MIB MiB; $WARMUP warm-up + $REPS timed iterations" >&2
-# The three sides take turns for each ring size, so a change of machine load hits all alike.
-for n in $RANKS; do
-  RANKS=$n IMPLS="funnel funnel-grpc" "$exe" >>"$results"
-  RANKS=$n "$py" bench/allreduce_gloo.py >>"$results" 2> >(grep -v '^\[Gloo\]' >&2)
-  RANKS=$n IMPLS=tcp "$exe" >>"$results"
+  "ranks $RANKS; sizes $SIZES_MIB MiB; $rounds rounds of $WARMUP warm-up + $REPS timed" \
+  "iterations" >&2
+# Appends JSON lines with their round.
+tag() {
+  ROUND=$1 "$py" -c '
+import json, os, sys
+for line in sys.stdin:
+    if line.startswith("{"):
+        r = json.loads(line)
+        r["round"] = int(os.environ["ROUND"])
+        print(json.dumps(r))' >> "$results"
+}
+# The three sides take turns for each ring size, so a change of machine load hits all alike;
+# rounds repeat that, since a cell swings by far more between runs than within one.
+for round in $(seq 1 "$rounds"); do
+  for n in $RANKS; do
+    RANKS=$n IMPLS="funnel funnel-grpc" "$exe" | tag "$round"
+    RANKS=$n "$py" bench/allreduce_gloo.py 2> >(grep -v '^\[Gloo\]' >&2) | tag "$round"
+    RANKS=$n IMPLS=tcp "$exe" | tag "$round"
+  done
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
