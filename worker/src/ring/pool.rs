@@ -169,7 +169,7 @@ mod tests {
             "kept as it was: nothing rewritten"
         );
         drop(FILLED.bytes(b));
-        // Grown within its capacity: only the part never written is zeroed.
+        // Grown within its capacity: only what lies beyond its last length is zeroed.
         let c = FILLED.take_filled(100);
         assert_eq!(c.as_ptr(), ptr);
         assert!(c[..60].iter().all(|&x| x == 9) && c[60..].iter().all(|&x| x == 0));

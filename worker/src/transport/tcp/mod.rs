@@ -150,9 +150,9 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
 
 /// A raw link's reader thread: blocking reads of its frames (the thread sleeps in the kernel
 /// until bytes arrive, as the raw TCP ceiling's reader does), routed into the ring by
-/// `forward` under `runtime` (its timers and channels), then the final verdict. Measured
-/// against a reader task on the runtime, which woke through epoll for every arriving segment
-/// and read with a `recvfrom` that found nothing about as often: docs/benchmarks.md.
+/// `forward` under `runtime` (its timers and channels), then the final verdict. It replaced a
+/// reader task on the runtime, which woke through epoll for every arriving segment and found
+/// nothing to read in about one `recvfrom` of 13 (docs/benchmarks.md).
 fn read_frames(
     socket: std::net::TcpStream,
     mut writer: std::net::TcpStream,
