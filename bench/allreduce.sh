@@ -28,14 +28,9 @@ if ! "$py" -c 'import torch; assert torch.__version__.startswith("2.9.0")' 2>/de
   "$py" -m pip install --quiet --no-deps -r bench/requirements-train.txt
 fi
 
-# The bench binary's path, from cargo's own report of what it built.
-exe=$(cargo build --release --quiet -p funnel-worker --bench ring_bandwidth \
-  --message-format=json-render-diagnostics | "$py" -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ring_bandwidth":
-        print(m["executable"])')
+# shellcheck source=bench/allreduce_lib.sh
+. bench/allreduce_lib.sh
+exe=$(ring_bandwidth_exe "$py")
 [ -x "$exe" ] || { echo "no ring_bandwidth binary" >&2; exit 1; }
 
 mkdir -p "$out"
@@ -44,23 +39,15 @@ results=$out/results.jsonl
 echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
   "ranks $RANKS; sizes $SIZES_MIB MiB; $rounds rounds of $WARMUP warm-up + $REPS timed" \
   "iterations" >&2
-# Appends JSON lines with their round.
-tag() {
-  ROUND=$1 "$py" -c '
-import json, os, sys
-for line in sys.stdin:
-    if line.startswith("{"):
-        r = json.loads(line)
-        r["round"] = int(os.environ["ROUND"])
-        print(json.dumps(r))' >> "$results"
-}
 # The three sides take turns for each ring size, so a change of machine load hits all alike;
 # rounds repeat that, since a cell swings by far more between runs than within one.
 for round in $(seq 1 "$rounds"); do
   for n in $RANKS; do
-    RANKS=$n IMPLS="funnel funnel-grpc" "$exe" | tag "$round"
-    RANKS=$n "$py" bench/allreduce_gloo.py 2> >(grep -v '^\[Gloo\]' >&2) | tag "$round"
-    RANKS=$n IMPLS=tcp "$exe" | tag "$round"
+    {
+      RANKS=$n IMPLS="funnel funnel-grpc" "$exe"
+      RANKS=$n "$py" bench/allreduce_gloo.py 2> >(grep -v '^\[Gloo\]' >&2)
+      RANKS=$n IMPLS=tcp "$exe"
+    } | tag_round "$py" "$round" >> "$results"
   done
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -18,33 +18,20 @@ out=bench/out/allreduce
 mkdir -p "$out"
 results=$out/rounds.jsonl
 : > "$results"
-exe=$(cargo build --release --quiet -p funnel-worker --bench ring_bandwidth \
-  --message-format=json-render-diagnostics | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ring_bandwidth":
-        print(m["executable"])')
+# shellcheck source=bench/allreduce_lib.sh
+. bench/allreduce_lib.sh
+exe=$(ring_bandwidth_exe python3)
 [ -x "$exe" ] || { echo "no ring_bandwidth binary" >&2; exit 1; }
 echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg); ranks $RANKS;" \
   "sizes $SIZES_MIB MiB; $rounds rounds of $WARMUP warm-up + $REPS timed iterations" >&2
-# Appends the bench's JSON lines with their round and, for a Funnel setting, its name as "impl".
-tag() {
-  ROUND=$1 NAME=${2:-} python3 -c '
-import json, os, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    r["round"] = int(os.environ["ROUND"])
-    r["impl"] = os.environ["NAME"] or r["impl"]
-    print(json.dumps(r))' >> "$results"
-}
 for round in $(seq 1 "$rounds"); do
   for v in "$@"; do
     settings=()
     if [[ $v == *:* ]]; then IFS=, read -ra settings <<< "${v#*:}"; fi
-    env "${settings[@]}" IMPLS=funnel "$exe" 2>/dev/null | tag "$round" "${v%%:*}"
+    env "${settings[@]}" IMPLS=funnel "$exe" 2>/dev/null \
+      | tag_round python3 "$round" "${v%%:*}" >> "$results"
   done
-  IMPLS=tcp "$exe" 2>/dev/null | tag "$round"
+  IMPLS=tcp "$exe" 2>/dev/null | tag_round python3 "$round" >> "$results"
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 python3 bench/allreduce_rounds.py "$results"

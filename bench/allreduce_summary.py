@@ -15,9 +15,10 @@ GOAL_GLOO = 1.0
 GOAL_TCP = 0.6
 
 
-def main(path):
-    # (n, size_mib) -> impl -> round -> best busbw of that round (several chunk lengths of one
-    # impl, a CHUNK_LENS sweep: the best one counts). Lines without a round are round 1.
+def load(path):
+    """(n, size_mib) -> impl -> round -> the best busbw of that round (several chunk lengths of
+    one impl, a CHUNK_LENS sweep: the best one counts; lines without a round are round 1), and
+    the chunk lengths Funnel ran with."""
     cells = {}
     chunk_lens = set()
     for text in open(path):
@@ -30,16 +31,22 @@ def main(path):
         rounds[k] = max(rounds.get(k, 0.0), line["busbw_gbps"])
         if line["impl"] == "funnel" and line.get("chunk_len"):
             chunk_lens.add(line["chunk_len"])
+    return cells, chunk_lens
+
+
+def ratios(per, a, b):
+    """a / b within each round that has both, sorted."""
+    if a not in per or b not in per:
+        return []
+    return sorted(per[a][k] / per[b][k] for k in per[a] if k in per[b])
+
+
+def main(path):
+    cells, chunk_lens = load(path)
     n_rounds = max((len(r) for per in cells.values() for r in per.values()), default=0)
 
     def fmt(per, name):
         return f"{statistics.median(per[name].values()):.3f}" if name in per else "-"
-
-    def ratios(per, a, b):
-        """a / b within each round that has both."""
-        if a not in per or b not in per:
-            return []
-        return sorted(per[a][k] / per[b][k] for k in per[a] if k in per[b])
 
     def show(rs, side):
         if not rs:

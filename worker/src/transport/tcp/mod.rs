@@ -91,26 +91,29 @@ pub(super) async fn accept(
 async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     let (mut read, mut write) = stream.into_split();
     let hello = tokio::time::timeout(FIRST_BYTES_WAIT, frame::read_hello(&mut read)).await;
-    let refusal = match &hello {
-        Err(_) => Some(Status::deadline_exceeded("handshake: too slow")),
-        Ok(Err(e)) => Some(Status::invalid_argument(e.clone())),
-        Ok(Ok((_, token))) if !ctx.token.matches(token) => Some(Status::unauthenticated(
+    let accepted = match hello {
+        Err(_) => Err(Status::deadline_exceeded("handshake: too slow")),
+        Ok(Err(e)) => Err(Status::invalid_argument(e)),
+        Ok(Ok((_, token))) if !ctx.token.matches(&token) => Err(Status::unauthenticated(
             "funnel.v1.Peer (tcp link): wrong job token",
         )),
-        Ok(Ok(_)) if ctx.tls => Some(Status::failed_precondition(
+        Ok(Ok(_)) if ctx.tls => Err(Status::failed_precondition(
             "this job uses TLS: raw TCP ring links are refused (ring_transport must be grpc)",
         )),
-        Ok(Ok(_)) => None,
+        Ok(Ok((kind, _))) => Ok(kind),
     };
-    if let Some(status) = refusal {
-        // The presented token is never logged.
-        log_refusal(status.message());
-        let _ = write
-            .write_all(&frame::verdict(status.code(), status.message()))
-            .await;
-        let _ = write.shutdown().await;
-        return;
-    }
+    let kind = match accepted {
+        Ok(kind) => kind,
+        Err(status) => {
+            // The presented token is never logged.
+            log_refusal(status.message());
+            let _ = write
+                .write_all(&frame::verdict(status.code(), status.message()))
+                .await;
+            let _ = write.shutdown().await;
+            return;
+        }
+    };
     if write
         .write_all(&frame::verdict(Code::Ok, "accepted"))
         .await
@@ -118,10 +121,6 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     {
         return;
     }
-    let kind = match hello {
-        Ok(Ok((kind, _))) => kind,
-        _ => return,
-    };
     let detached = read
         .reunite(write)
         .map_err(|e| e.to_string())
