@@ -34,6 +34,43 @@ def load(path):
     return cells, chunk_lens
 
 
+def load_cpu(path):
+    """(n, size_mib) -> impl -> the CPU seconds of an all-reduce, all ranks together (the bench
+    lines' `cpu_s`), one per line read (rounds, chunk lengths); lines without it are skipped."""
+    cpu = {}
+    for text in open(path):
+        if text.startswith("{"):
+            line = json.loads(text)
+            if line.get("cpu_s") is not None:
+                per = cpu.setdefault((line["n"], line["size_mib"]), {})
+                per.setdefault(line["impl"], []).append(line["cpu_s"])
+    return cpu
+
+
+def print_cpu(cpu):
+    """CPU per all-reduce of each side, and Funnel's against the others."""
+    sides = [s for s in ("funnel", "funnel-grpc", "gloo", "tcp")
+             if any(s in per for per in cpu.values())]
+    if "funnel" not in sides:
+        return
+    others = [s for s in ("tcp", "gloo") if s in sides]
+    print()
+    print("| n | MiB | " + " | ".join(f"{s} ms" for s in sides) + " | "
+          + " | ".join(f"funnel / {s}" for s in others) + " |")
+    print("|---" * (2 + len(sides) + len(others)) + "|")
+    for (n, mib), per in sorted(cpu.items()):
+        med = {s: statistics.median(per[s]) for s in sides if s in per}
+        row = [str(n), str(mib)] + [f"{med[s] * 1e3:.2f}" if s in med else "-" for s in sides]
+        row += [f"{med['funnel'] / med[s]:.2f}x" if "funnel" in med and med.get(s) else "-"
+                for s in others]
+        print("| " + " | ".join(row) + " |")
+    print()
+    print("CPU time of one all-reduce, user + system, summed over the ranks (getrusage of each "
+          "rank's process around it; median over iterations, then over rounds), in ms. On "
+          "loopback much of the receiver's TCP work runs in the sender's context, so only the "
+          "sum over ranks is meaningful.")
+
+
 def ratios(per, a, b):
     """a / b within each round that has both, sorted."""
     if a not in per or b not in per:
@@ -86,6 +123,7 @@ def main(path):
             shown = f"{w:.2f}x" if side == "gloo" else f"{w:.0%}"
             verdict = "met" if w >= goal else "NOT met"
             print(f"Goal {goal_text}: {verdict} (worst cell {shown}, median over rounds).")
+    print_cpu(load_cpu(path))
 
 
 if __name__ == "__main__":

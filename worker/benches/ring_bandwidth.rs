@@ -8,6 +8,8 @@
 //! so no rank shares an allocator, a runtime or a scheduler queue with another. The parent only
 //! relays addresses and acts as the barrier: before each iteration it waits for every rank, then
 //! says `go`; each rank times its own all-reduce, and an iteration's time is the slowest rank's.
+//! Each rank also reads its process's CPU time (getrusage, user + system) around the all-reduce;
+//! an iteration's CPU time is the sum over the ranks (`cpu_s`: the median over iterations).
 //!
 //! Environment: RANKS ("2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
 //! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "65536"; several values sweep),
@@ -162,18 +164,29 @@ fn group(
         .iter_mut()
         .try_for_each(|r| r.expect("ready").map(drop))?;
     for &mib in sizes {
-        let mut times = Vec::new();
+        let (mut times, mut cpus) = (Vec::new(), Vec::new());
         for it in 0..iters {
             ranks.iter_mut().try_for_each(|r| r.say("go"))?;
-            let mut slowest = 0.0f64;
+            let (mut slowest, mut cpu) = (0.0f64, [0.0f64; 2]);
             for r in ranks.iter_mut() {
-                slowest = slowest.max(r.expect("t")?.parse::<f64>()?);
+                // "SECONDS USER SYSTEM"
+                let line = r.expect("t")?;
+                let fields = line
+                    .split(' ')
+                    .map(str::parse::<f64>)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let [secs, user, system] = fields[..] else {
+                    return Err(format!("expected \"t SECONDS USER SYSTEM\", got {line:?}").into());
+                };
+                slowest = slowest.max(secs);
+                cpu = [cpu[0] + user, cpu[1] + system];
             }
             if it >= warmup {
                 times.push(slowest);
+                cpus.push(cpu);
             }
         }
-        report(imp, n, chunk_len, mib * MIB, &times);
+        report(imp, n, chunk_len, mib * MIB, &times, &cpus);
     }
     ranks.iter_mut().try_for_each(|r| r.say("quit"))?;
     for mut r in ranks {
@@ -185,18 +198,25 @@ fn group(
     Ok(())
 }
 
-/// One JSON line: median of the per-iteration times, algbw and busbw (nccl-tests) in GB/s.
-fn report(imp: &str, n: usize, chunk_len: usize, bytes: usize, times: &[f64]) {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let algbw = bytes as f64 / median / 1e9;
+/// One JSON line: median of the per-iteration times, algbw and busbw (nccl-tests) in GB/s,
+/// and the CPU time of an iteration summed over the ranks (`cpus`: user, system), medians.
+fn report(imp: &str, n: usize, chunk_len: usize, bytes: usize, times: &[f64], cpus: &[[f64; 2]]) {
+    let median = |v: Vec<f64>| {
+        let mut sorted = v;
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let median_s = median(times.to_vec());
+    let cpu_s = median(cpus.iter().map(|c| c[0] + c[1]).collect());
+    let cpu_user_s = median(cpus.iter().map(|c| c[0]).collect());
+    let algbw = bytes as f64 / median_s / 1e9;
     let busbw = algbw * 2.0 * (n - 1) as f64 / n as f64;
     let line = serde_json::json!({
         "impl": imp, "n": n, "bytes": bytes, "size_mib": bytes / MIB,
         "chunk_len": (chunk_len > 0).then_some(chunk_len),
-        "reps": times.len(), "median_s": median,
+        "reps": times.len(), "median_s": median_s,
         "algbw_gbps": algbw, "busbw_gbps": busbw, "times_s": times,
+        "cpu_s": cpu_s, "cpu_user_s": cpu_user_s,
     });
     println!("{line}");
     eprintln!("{imp} n={n} {} MiB: busbw {busbw:.3} GB/s", bytes / MIB);
@@ -325,6 +345,7 @@ fn funnel_rank(
                 step,
                 layout_hash: 0xbe9c,
             };
+            let cpu = cpu_times()?;
             let t = Instant::now();
             rt.block_on(all_reduce(
                 &cfg,
@@ -333,7 +354,9 @@ fn funnel_rank(
                 &mut links.chunk_tx,
                 &mut links.chunk_rx,
             ))?;
-            println!("t {}", t.elapsed().as_secs_f64());
+            let secs = t.elapsed().as_secs_f64();
+            let (user, system) = cpu_since(cpu)?;
+            println!("t {secs} {user} {system}");
             step += 1;
         }
     }
@@ -341,6 +364,23 @@ fn funnel_rank(
     let _ =
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), links.finish()).await });
     Ok(())
+}
+
+/// CPU time of this process so far, (user, system) seconds, every thread counted (exited ones
+/// too). Read around an iteration it is what a rank spent on it: its sums and copies (user),
+/// its system calls and, on loopback, the kernel's TCP work, much of which runs in the sender's
+/// context (system).
+fn cpu_times() -> Res<(f64, f64)> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+    Ok((secs(usage.user_time()), secs(usage.system_time())))
+}
+
+/// CPU time (user, system) since `before` (a [`cpu_times`] reading).
+fn cpu_since(before: (f64, f64)) -> Res<(f64, f64)> {
+    let now = cpu_times()?;
+    Ok((now.0 - before.0, now.1 - before.1))
 }
 
 /// The byte ranges rank `i` of `n` sends in a ring all-reduce of `bytes`, in order: segment
@@ -376,6 +416,7 @@ fn tcp_rank(p: &mut Parent, rank: usize, n: usize, sizes: &[usize], iters: usize
         let recvs = ring_sends((rank + n - 1) % n, n, bytes);
         for _ in 0..iters {
             p.next("go")?;
+            let cpu = cpu_times()?;
             let t = Instant::now();
             std::thread::scope(|sc| -> Res<()> {
                 let sender = sc.spawn(|| -> std::io::Result<()> {
@@ -389,7 +430,9 @@ fn tcp_rank(p: &mut Parent, rank: usize, n: usize, sizes: &[usize], iters: usize
                 sender.join().map_err(|_| "sender thread panicked")??;
                 Ok(())
             })?;
-            println!("t {}", t.elapsed().as_secs_f64());
+            let secs = t.elapsed().as_secs_f64();
+            let (user, system) = cpu_since(cpu)?;
+            println!("t {secs} {user} {system}");
         }
     }
     Ok(())
