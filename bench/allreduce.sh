@@ -7,7 +7,7 @@
 # Environment: ROUNDS (3: the whole comparison that many times over; ratios are taken within
 # each round and their median reported), RANKS (default "2 3 4"), SIZES_MIB ("1 4 16 64 256"),
 # REPS (5), WARMUP (2),
-# CHUNK_LENS (Funnel's values per chunk, "65536"; several values sweep), RING_THREADS (tokio
+# CHUNK_LENS (Funnel's values per chunk, "262144"; several values sweep), RING_THREADS (tokio
 # worker threads per Funnel rank, 2), CARGO_TARGET_DIR. A quick run:
 #   SIZES_MIB="1 16" RANKS="2 3" REPS=3 bench/allreduce.sh
 # See docs/benchmarks.md ("All-reduce bus bandwidth").

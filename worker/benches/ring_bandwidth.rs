@@ -12,9 +12,10 @@
 //! an iteration's CPU time is the sum over the ranks (`cpu_s`: the median over iterations).
 //!
 //! Environment: RANKS ("2 3 4"), SIZES_MIB ("1 4 16 64 256"), REPS (5), WARMUP (2),
-//! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "65536"; several values sweep),
-//! RING_THREADS (tokio worker threads per Funnel rank, 2; 0: a current-thread runtime, which
-//! drives the sockets on the thread that runs the ring: an experiment, not how a worker runs).
+//! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "262144" as the default
+//! `cluster.chunk_values`; several values sweep), RING_THREADS (tokio worker threads per Funnel
+//! rank, 2; 0: a current-thread runtime, which drives the sockets on the thread that runs the
+//! ring: an experiment, not how a worker runs).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -70,7 +71,7 @@ fn parent() -> Res<()> {
     let sizes = env_list("SIZES_MIB", "1 4 16 64 256")?;
     let reps = env_list("REPS", "5")?[0].max(1);
     let warmup = env_list("WARMUP", "2")?[0];
-    let chunk_lens = env_list("CHUNK_LENS", "65536")?;
+    let chunk_lens = env_list("CHUNK_LENS", "262144")?;
     let impls = std::env::var("IMPLS").unwrap_or_else(|_| "funnel funnel-grpc tcp".into());
     for imp in impls.split_whitespace() {
         let lens = match imp {

@@ -25,7 +25,8 @@ struct Spare {
 }
 
 /// The process's pool for ring chunks: at most 64 MiB kept, in buffers of at most 16 MiB (in
-/// steady state a rank has a few dozen 256 KiB chunks in flight per link).
+/// steady state a rank has up to a few dozen chunks in flight per link, 1 MiB each with the
+/// default `cluster.chunk_values`).
 pub static CHUNKS: BufferPool = BufferPool::new(64 << 20, 16 << 20);
 
 impl BufferPool {
