@@ -40,6 +40,11 @@ def cpu_times():
     return usage.ru_utime, usage.ru_stime
 
 
+def upper_median(values):
+    """The median as the Rust bench takes it: the upper middle value."""
+    return sorted(values)[len(values) // 2]
+
+
 def rank_main(rank, n, port, sizes, warmup, reps):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=n
@@ -62,15 +67,14 @@ def rank_main(rank, n, port, sizes, warmup, reps):
         dist.all_reduce(total_cpu, op=dist.ReduceOp.SUM)
         if rank == 0:
             times, cpus = slowest.tolist(), total_cpu.tolist()
-            cpu_s = sorted(u + s for u, s in cpus)[len(cpus) // 2]
-            cpu_user_s = sorted(u for u, _ in cpus)[len(cpus) // 2]
-            median = sorted(times)[len(times) // 2]
+            median = upper_median(times)
             algbw = mib * MIB / median / 1e9
             busbw = algbw * 2 * (n - 1) / n
             line = {"impl": "gloo", "n": n, "bytes": mib * MIB, "size_mib": mib,
                     "chunk_len": None, "reps": len(times), "median_s": median,
                     "algbw_gbps": algbw, "busbw_gbps": busbw, "times_s": times,
-                    "cpu_s": cpu_s, "cpu_user_s": cpu_user_s}
+                    "cpu_s": upper_median([u + s for u, s in cpus]),
+                    "cpu_user_s": upper_median([u for u, _ in cpus])}
             print(json.dumps(line), flush=True)
             print(f"gloo n={n} {mib} MiB: busbw {busbw:.3f} GB/s", file=sys.stderr, flush=True)
     dist.destroy_process_group()

@@ -15,16 +15,20 @@ GOAL_GLOO = 1.0
 GOAL_TCP = 0.6
 
 
+def records(path):
+    """The bench's JSON lines in `path` (other lines skipped)."""
+    for text in open(path):
+        if text.startswith("{"):
+            yield json.loads(text)
+
+
 def load(path):
     """(n, size_mib) -> impl -> round -> the best busbw of that round (several chunk lengths of
     one impl, a CHUNK_LENS sweep: the best one counts; lines without a round are round 1), and
     the chunk lengths Funnel ran with."""
     cells = {}
     chunk_lens = set()
-    for text in open(path):
-        if not text.startswith("{"):
-            continue
-        line = json.loads(text)
+    for line in records(path):
         per = cells.setdefault((line["n"], line["size_mib"]), {})
         rounds = per.setdefault(line["impl"], {})
         k = line.get("round", 1)
@@ -38,12 +42,10 @@ def load_cpu(path):
     """(n, size_mib) -> impl -> the CPU seconds of an all-reduce, all ranks together (the bench
     lines' `cpu_s`), one per line read (rounds, chunk lengths); lines without it are skipped."""
     cpu = {}
-    for text in open(path):
-        if text.startswith("{"):
-            line = json.loads(text)
-            if line.get("cpu_s") is not None:
-                per = cpu.setdefault((line["n"], line["size_mib"]), {})
-                per.setdefault(line["impl"], []).append(line["cpu_s"])
+    for line in records(path):
+        if line.get("cpu_s") is not None:
+            per = cpu.setdefault((line["n"], line["size_mib"]), {})
+            per.setdefault(line["impl"], []).append(line["cpu_s"])
     return cpu
 
 
