@@ -10,7 +10,7 @@
 # CHUNK_LENS (Funnel's values per chunk, "262144"; several values sweep), RING_THREADS (tokio
 # worker threads per Funnel rank, 2), CARGO_TARGET_DIR. A quick run:
 #   SIZES_MIB="1 16" RANKS="2 3" REPS=3 bench/allreduce.sh
-# See docs/benchmarks.md ("All-reduce bus bandwidth").
+# See docs/allreduce-benchmark.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RANKS=${RANKS:-"2 3 4"}

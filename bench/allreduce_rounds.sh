@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Funnel ring all-reduce settings side by side with the raw TCP ceiling, in alternating rounds
-# (docs/benchmarks.md, "Rounds"): each round runs every variant, then the TCP ring, so load that
+# (docs/allreduce-benchmark.md, "Rounds"): each round runs every variant, then the TCP ring, so load that
 # drifts during the run falls on all of them; the summary pairs each variant with the TCP run of
 # the same round and prints the median of those per-round ratios (and their quartiles).
 #   bench/allreduce_rounds.sh ROUNDS VARIANT...

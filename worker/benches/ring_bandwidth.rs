@@ -1,7 +1,7 @@
 //! All-reduce bus bandwidth (issue 4 point 7): Funnel's ring all-reduce over its two ring
 //! transports (`funnel`: raw TCP links, the default; `funnel-grpc`: gRPC streams), and a raw TCP
 //! loopback ring moving the same bytes with no arithmetic (the ceiling), for each ring size and
-//! buffer size; one JSON line per (impl, n, size) on stdout. docs/benchmarks.md
+//! buffer size; one JSON line per (impl, n, size) on stdout. docs/allreduce-benchmark.md
 //! defines the figures; bench/allreduce.sh runs this beside torch.distributed (gloo).
 //!
 //! Every rank is its own process (this binary re-executed with `--child`), as gloo's ranks are,

@@ -630,7 +630,7 @@ fn default_join_timeout_ms() -> u64 {
 /// 1 MiB frames. Per chunk a rank pays fixed costs (a frame, the hand-over from the link's
 /// reader to the ring, the wake-ups): on buffers of 1-16 MiB, 256Ki values measured 1.01-1.19x
 /// the bus bandwidth of 64Ki at 2-4 ranks, with less CPU per all-reduce; at 64-256 MiB 64Ki
-/// measured up to 7% better (docs/benchmarks.md, "Chunk length").
+/// measured up to 7% better (docs/allreduce-benchmark.md, "Chunk length").
 fn default_chunk_values() -> usize {
     262_144
 }

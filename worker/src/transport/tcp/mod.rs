@@ -151,7 +151,7 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
 /// until bytes arrive, as the raw TCP ceiling's reader does), routed into the ring by
 /// `forward` under `runtime` (its timers and channels), then the final verdict. It replaced a
 /// reader task on the runtime, which woke through epoll for every arriving segment and found
-/// nothing to read in about one `recvfrom` of 13 (docs/benchmarks.md).
+/// nothing to read in about one `recvfrom` of 13 (docs/allreduce-benchmark.md).
 fn read_frames(
     socket: std::net::TcpStream,
     mut writer: std::net::TcpStream,
@@ -207,7 +207,7 @@ impl<M: Wire, R: AsyncRead + Unpin + Send> Incoming<M::Pb> for Frames<M, R> {
 
 /// The send buffer of a ring link. Linux's autotuned default left the sender waking up more
 /// often: 1 MiB (which the kernel doubles) measured 1.1-1.35x the bus bandwidth at 2 ranks and
-/// 1-16 MiB, and about the same at 256 MiB (docs/benchmarks.md).
+/// 1-16 MiB, and about the same at 256 MiB (docs/allreduce-benchmark.md).
 const SEND_BUFFER: u32 = 1 << 20;
 
 /// Connects to `addr` with the ring's send buffer.
