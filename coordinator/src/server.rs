@@ -24,6 +24,10 @@ use crate::state::{JobContext, Shared};
 /// The gRPC service name health reports on.
 const COORDINATOR_SERVICE: &str = "funnel.v1.Coordinator";
 
+/// How long a finished job's coordinator waits for calls still open before it exits anyway.
+/// Workers' last calls (the final barrier, heartbeats told to stop) end within milliseconds.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// How a finished job ended.
 #[derive(Debug, Clone)]
 pub struct JobOutcome {
@@ -260,6 +264,8 @@ async fn serve_job(
     };
 
     let mut changes = shared.subscribe();
+    // Says when shutdown began, so that draining is bounded (below).
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let finished = {
         let shared = shared.clone();
         async move {
@@ -274,6 +280,7 @@ async fn serve_job(
                     break;
                 }
             }
+            let _ = draining.send(());
             // Let the last answers (the final epoch barrier, heartbeats saying shutdown) reach
             // the workers before the listener closes; graceful shutdown then waits for calls in
             // flight.
@@ -291,12 +298,31 @@ async fn serve_job(
             .tls_config(tls.server().map_err(CoordinatorError::Server)?)
             .map_err(|e| CoordinatorError::Server(format!("TLS: {e}")))?;
     }
-    let served = builder
+    let serving = builder
         .add_service(service)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), finished)
-        .await;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), finished);
+    // Graceful shutdown waits for every open connection's calls. A peer that went silent
+    // mid-call (a partition that held the connection open: tests/partition.rs hung on one)
+    // would keep the finished job's coordinator alive forever, so the wait is bounded.
+    let drain_limit = async {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = drain_limit => {
+            tracing::warn!(
+                limit_s = DRAIN_LIMIT.as_secs(),
+                "shutdown: calls still open after the drain limit are dropped"
+            );
+            Ok(())
+        }
+    };
     watchdog.abort();
     health
         .set(funnel_proto::ops::ServingStatus::NotServing)
