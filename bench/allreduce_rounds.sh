@@ -28,7 +28,7 @@ for round in $(seq 1 "$rounds"); do
   for v in "$@"; do
     settings=()
     if [[ $v == *:* ]]; then IFS=, read -ra settings <<< "${v#*:}"; fi
-    env "${settings[@]}" IMPLS=funnel "$exe" 2>/dev/null \
+    env IMPLS=funnel "${settings[@]}" "$exe" 2>/dev/null \
       | tag_round python3 "$round" "${v%%:*}" >> "$results"
   done
   IMPLS=tcp "$exe" 2>/dev/null | tag_round python3 "$round" >> "$results"

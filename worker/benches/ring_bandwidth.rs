@@ -25,7 +25,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use funnel_common::spec::RingTransport;
-use funnel_worker::ring::{PeerId, RingConfig, StepTag, all_reduce, segments};
+use funnel_worker::ring::{PeerId, RingConfig, StepTag, segments};
 use funnel_worker::transport::{GenerationLinks, JobToken, PeerNode};
 
 /// The allocator of the `funnel` binary (src/main.rs), so chunk buffers cost what they cost there.
@@ -348,13 +348,7 @@ fn funnel_rank(
             };
             let cpu = cpu_times()?;
             let t = Instant::now();
-            rt.block_on(all_reduce(
-                &cfg,
-                tag,
-                &mut buf,
-                &mut links.chunk_tx,
-                &mut links.chunk_rx,
-            ))?;
+            rt.block_on(links.dense.all_reduce(&cfg, tag, &mut buf))?;
             let secs = t.elapsed().as_secs_f64();
             let (user, system) = cpu_since(cpu)?;
             println!("t {secs} {user} {system}");

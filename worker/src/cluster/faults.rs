@@ -256,6 +256,18 @@ impl<S: ChunkSend> ChunkSend for CorruptFirst<'_, S> {
     }
 }
 
+/// The fault to inject into the raw TCP ring's all-reduce of `step`, if one is configured:
+/// the same as [`DieAfterFirst`] and [`CorruptFirst`] do on the gRPC ring.
+pub fn send_fault(step: u64) -> Option<crate::transport::tcp::direct::SendFault> {
+    use crate::transport::tcp::direct::SendFault;
+    if armed(step, Phase::AllReduce) {
+        return Some(SendFault::AfterFirst(Box::new(move || {
+            die(step, Phase::AllReduce)
+        })));
+    }
+    Corruption::at(step).map(|k| SendFault::Corrupt(Box::new(move |c| k.apply(c))))
+}
+
 /// A sender that dies after its first message of `step` went out (mid all-reduce).
 pub struct DieAfterFirst<'a, S> {
     /// The real sender.

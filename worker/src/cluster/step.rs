@@ -25,9 +25,10 @@ use super::pack::{ReducedStep, pack, scale_sparse, unpack};
 use super::snapshot::{self, EpochSums};
 use crate::WorkerError;
 use crate::local::{EpochTraining, finish_epoch, progress_bar};
-use crate::ring::{StepTag, all_reduce, sparse_exchange};
+use crate::ring::{RingConfig, StepTag, all_reduce, sparse_exchange};
 use crate::state::TrainerState;
 use crate::trainer::{LocalGrads, Trainer};
+use crate::transport::DenseLinks;
 
 /// One epoch of steps. The sums in the result are over the global batches (identical on
 /// every rank).
@@ -133,33 +134,13 @@ pub(crate) fn train_epoch(
             let cfg = ctx.ring.config;
             let mut buf = buf;
             let news = ctx.ring.news.subscribe();
+            let probe = ctx.ring.news.subscribe();
             let links = match ctx.ring.links().await {
                 Ok(l) => l,
                 Err(e) => return Err(Interrupt::Ring(e)),
             };
             let exchange = async {
-                if faults::armed(step, Phase::AllReduce) {
-                    let mut tx = faults::DieAfterFirst {
-                        inner: &mut links.chunk_tx,
-                        step,
-                    };
-                    all_reduce(&cfg, tag, &mut buf, &mut tx, &mut links.chunk_rx).await?;
-                } else if let Some(kind) = faults::Corruption::at(step) {
-                    let mut tx = faults::CorruptFirst {
-                        inner: &mut links.chunk_tx,
-                        kind: Some(kind),
-                    };
-                    all_reduce(&cfg, tag, &mut buf, &mut tx, &mut links.chunk_rx).await?;
-                } else {
-                    all_reduce(
-                        &cfg,
-                        tag,
-                        &mut buf,
-                        &mut links.chunk_tx,
-                        &mut links.chunk_rx,
-                    )
-                    .await?;
-                }
+                reduce_dense(&mut links.dense, &cfg, tag, &mut buf, &probe).await?;
                 let reduced = unpack(&mut buf, dense_len, tasks, sampled)
                     .map_err(|e| crate::ring::RingError::Config(format!("step {step}: {e}")))?;
                 // The epoch-ending step has nothing sparse to exchange.
@@ -311,6 +292,43 @@ fn my_slots(ctx: &ClusterContext, slots: usize) -> Vec<usize> {
         .map(|m| (m.rank as usize, m.slot as usize))
         .collect();
     funnel_common::slots::slots_of(ctx.ring.config.rank, slots, &members)
+}
+
+/// The step's dense all-reduce over the generation's links, with the fault injection
+/// configured for its step. The raw TCP ring blocks this (the training) thread and asks
+/// `news` whether the ring moved on while it waits; the gRPC ring is awaited.
+async fn reduce_dense(
+    links: &mut DenseLinks,
+    cfg: &RingConfig,
+    tag: StepTag,
+    buf: &mut [f32],
+    news: &tokio::sync::watch::Receiver<u64>,
+) -> Result<(), crate::ring::RingError> {
+    let step = tag.step;
+    match links {
+        DenseLinks::Grpc { tx, rx } => {
+            if faults::armed(step, Phase::AllReduce) {
+                let mut tx = faults::DieAfterFirst { inner: tx, step };
+                all_reduce(cfg, tag, buf, &mut tx, rx).await
+            } else if let Some(kind) = faults::Corruption::at(step) {
+                let mut tx = faults::CorruptFirst {
+                    inner: tx,
+                    kind: Some(kind),
+                };
+                all_reduce(cfg, tag, buf, &mut tx, rx).await
+            } else {
+                all_reduce(cfg, tag, buf, tx, rx).await
+            }
+        }
+        DenseLinks::Tcp(direct) => {
+            let newer = || *news.borrow() > tag.generation;
+            match direct.all_reduce(cfg, tag, buf, faults::send_fault(step), &newer) {
+                // Cancelled for a newer generation: `guard` reports that.
+                Err(_) if newer() => std::future::pending().await,
+                done => done,
+            }
+        }
+    }
 }
 
 /// Runs `exchange` unless generation news newer than `current` arrives first.

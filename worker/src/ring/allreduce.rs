@@ -164,7 +164,7 @@ where
 }
 
 /// Checks that `values` (starting at `offset` of a buffer of `len`) are finite.
-fn check_local(values: &[f32], offset: usize, len: usize) -> Result<(), RingError> {
+pub(crate) fn check_local(values: &[f32], offset: usize, len: usize) -> Result<(), RingError> {
     // A vectorised pass first; the index is looked for only when there is something to find.
     if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
         return Ok(());
@@ -173,7 +173,7 @@ fn check_local(values: &[f32], offset: usize, len: usize) -> Result<(), RingErro
     Err(local_not_finite(offset + k, len))
 }
 
-fn local_not_finite(k: usize, len: usize) -> RingError {
+pub(crate) fn local_not_finite(k: usize, len: usize) -> RingError {
     RingError::Input(format!("local value {k} of {len} is not finite"))
 }
 
@@ -198,7 +198,7 @@ struct Outbox {
 }
 
 /// Phase, round within the phase and segment received at overall receive round `k`.
-fn position(cfg: &RingConfig, k: usize) -> (Phase, usize, usize) {
+pub(crate) fn position(cfg: &RingConfig, k: usize) -> (Phase, usize, usize) {
     let (n, i) = (cfg.size, cfg.rank);
     if k < n - 1 {
         (Phase::ReduceScatter, k, (i + 2 * n - k - 1) % n)
@@ -209,19 +209,30 @@ fn position(cfg: &RingConfig, k: usize) -> (Phase, usize, usize) {
 }
 
 /// The chunk the protocol expects next from the left.
-struct Expect {
-    tag: StepTag,
-    phase: Phase,
-    round: usize,
-    segment: usize,
-    chunk: usize,
-    offset: usize,
-    len: usize,
+pub(crate) struct Expect {
+    pub tag: StepTag,
+    pub phase: Phase,
+    pub round: usize,
+    pub segment: usize,
+    pub chunk: usize,
+    pub offset: usize,
+    pub len: usize,
 }
 
 impl Expect {
     /// Checks `msg` against the expectation; a mismatch names the peer and what differed.
-    fn check(&self, peer: &PeerId, msg: &Chunk) -> Result<(), RingError> {
+    pub(crate) fn check(&self, peer: &PeerId, msg: &Chunk) -> Result<(), RingError> {
+        self.check_head(peer, msg, msg.values.len())
+    }
+
+    /// [`Self::check`] for a chunk whose `len` values are still to be read (its `values`
+    /// unused): a raw link checks the head before reading the values into place.
+    pub(crate) fn check_head(
+        &self,
+        peer: &PeerId,
+        msg: &Chunk,
+        len: usize,
+    ) -> Result<(), RingError> {
         super::check_tag(peer, msg.tag, self.tag)?;
         let got = (
             msg.phase,
@@ -240,15 +251,12 @@ impl Expect {
                 ),
             ));
         }
-        if msg.offset != self.offset as u64 || msg.values.len() != self.len {
+        if msg.offset != self.offset as u64 || len != self.len {
             return Err(RingError::invalid(
                 peer,
                 format!(
                     "chunk {want:?} at offset {} with {} values, expected offset {} with {}",
-                    msg.offset,
-                    msg.values.len(),
-                    self.offset,
-                    self.len
+                    msg.offset, len, self.offset, self.len
                 ),
             ));
         }

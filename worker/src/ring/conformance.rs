@@ -13,8 +13,9 @@ use funnel_common::rng::SplitMix64;
 use super::memory::{MemoryReceiver, MemorySender};
 use super::{Chunk, PeerId, RingConfig, RingError, SparseBlock, StepTag};
 use super::{all_reduce, memory, segments, sparse_exchange};
-use crate::transport::{GenerationLinks, JobToken, PeerNode, Security};
+use crate::transport::{DenseLinks, GenerationLinks, JobToken, PeerNode, Security};
 use funnel_common::spec::RingTransport;
+use tokio::task::block_in_place;
 
 mod refusals;
 
@@ -27,8 +28,6 @@ enum Kind {
 
 const TOKEN: &str = "conformance-token";
 const KINDS: [Kind; 3] = [Kind::Memory, Kind::Grpc, Kind::Tcp];
-/// The transports between processes.
-const NET: [RingTransport; 2] = [RingTransport::Grpc, RingTransport::Tcp];
 
 fn tag(generation: u64) -> StepTag {
     StepTag {
@@ -58,7 +57,11 @@ impl Links {
     ) -> Result<(), RingError> {
         match self {
             Links::Memory { ctx, crx, .. } => all_reduce(c, t, buf, ctx, crx).await,
-            Links::Net(l) => all_reduce(c, t, buf, &mut l.chunk_tx, &mut l.chunk_rx).await,
+            // The raw TCP ring blocks its thread: this runtime's other ranks go on elsewhere.
+            Links::Net(l) => match &mut l.dense {
+                DenseLinks::Tcp(d) => block_in_place(|| d.all_reduce(c, t, buf, None, &|| false)),
+                dense => dense.all_reduce(c, t, buf).await,
+            },
         }
     }
 

@@ -69,24 +69,7 @@ impl F32Bytes {
     /// updated and the step must be dropped.
     pub fn add_into(&self, dst: &mut [f32]) -> Result<(), NotFinite> {
         match self.as_f32() {
-            Some(src) => {
-                // One pass the compiler vectorises: the sum and running finiteness flags.
-                let (mut got, mut had) = (true, true);
-                for (d, v) in dst.iter_mut().zip(src) {
-                    got &= v.is_finite();
-                    had &= d.is_finite();
-                    *d += v;
-                }
-                if got && had {
-                    Ok(())
-                } else if !got {
-                    Err(NotFinite::Received(first_bad(src)))
-                } else {
-                    // `dst` now holds sums: the first non-finite one is the first bad local
-                    // value or a later one (a non-finite local value stays non-finite).
-                    Err(NotFinite::Local(first_bad(dst)))
-                }
-            }
+            Some(src) => add_checked(dst, src),
             None => {
                 if let Some(k) = dst.iter().position(|d| !d.is_finite()) {
                     return Err(NotFinite::Local(k));
@@ -143,8 +126,30 @@ pub enum NotFinite {
     Local(usize),
 }
 
+/// Adds `src` into `dst` (same length), element by element. An error names the first value
+/// that is not finite, in `src` (received) or already in `dst` (local); `dst` is then partly
+/// updated and the step must be dropped.
+pub(crate) fn add_checked(dst: &mut [f32], src: &[f32]) -> Result<(), NotFinite> {
+    // One pass the compiler vectorises: the sum and running finiteness flags.
+    let (mut got, mut had) = (true, true);
+    for (d, v) in dst.iter_mut().zip(src) {
+        got &= v.is_finite();
+        had &= d.is_finite();
+        *d += v;
+    }
+    if got && had {
+        Ok(())
+    } else if !got {
+        Err(NotFinite::Received(first_bad(src)))
+    } else {
+        // `dst` now holds sums: the first non-finite one is the first bad local value or a
+        // later one (a non-finite local value stays non-finite).
+        Err(NotFinite::Local(first_bad(dst)))
+    }
+}
+
 /// Index of the first non-finite value (there is one).
-fn first_bad(v: &[f32]) -> usize {
+pub(crate) fn first_bad(v: &[f32]) -> usize {
     v.iter().position(|x| !x.is_finite()).unwrap_or(v.len())
 }
 

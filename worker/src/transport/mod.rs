@@ -33,7 +33,7 @@ pub use client::{Client, GrpcSender, connect};
 pub use funnel_proto::tls::Security;
 pub use server::{GrpcReceiver, PeerNode};
 
-use crate::ring::{Chunk, ChunkSend, PeerId, RingError, RingSend, SparseBlock};
+use crate::ring::{Chunk, PeerId, RingError, RingSend, SparseBlock};
 pub use tcp::TcpSender;
 
 /// Largest message either side accepts (tonic's default is 4 MiB). A sparse block carries one
@@ -191,26 +191,41 @@ impl<M: Wire> RingSend<M> for RingSender<M> {
     }
 }
 
-impl ChunkSend for RingSender<Chunk> {
-    async fn send_range(
+/// The dense all-reduce's links of one generation.
+pub enum DenseLinks {
+    /// `funnel.v1.Peer` streams (TLS jobs, `ring_transport = "grpc"`): the ring of
+    /// [`crate::ring::all_reduce`].
+    Grpc {
+        /// Chunks to the right-hand neighbour.
+        tx: GrpcSender<Chunk>,
+        /// Chunks from the left-hand neighbour.
+        rx: GrpcReceiver<Chunk>,
+    },
+    /// Raw TCP links, read and written by the ring itself ([`tcp::direct`]).
+    Tcp(tcp::direct::DirectLinks),
+}
+
+impl DenseLinks {
+    /// Sums `buf` across the ring, in place (no fault injection, no cancellation: what
+    /// benches and tests run; the worker's step adds both). Over raw TCP the call blocks the
+    /// calling thread until it is done: on a runtime's worker, wrap it in `block_in_place`.
+    pub async fn all_reduce(
         &mut self,
-        head: Chunk,
-        buf: &crate::ring::SharedBuf<'_>,
-        range: std::ops::Range<usize>,
+        cfg: &crate::ring::RingConfig,
+        tag: crate::ring::StepTag,
+        buf: &mut [f32],
     ) -> Result<(), RingError> {
         match self {
-            RingSender::Grpc(s) => s.send_range(head, buf, range).await,
-            RingSender::Tcp(s) => s.send_range(head, buf, range).await,
+            DenseLinks::Grpc { tx, rx } => crate::ring::all_reduce(cfg, tag, buf, tx, rx).await,
+            DenseLinks::Tcp(links) => links.all_reduce(cfg, tag, buf, None, &|| false),
         }
     }
 }
 
 /// One rank's links for one generation: dense and sparse, both directions.
 pub struct GenerationLinks {
-    /// Chunks to the right-hand neighbour.
-    pub chunk_tx: RingSender<Chunk>,
-    /// Chunks from the left-hand neighbour (whichever transport it used).
-    pub chunk_rx: GrpcReceiver<Chunk>,
+    /// The dense all-reduce's links.
+    pub dense: DenseLinks,
     /// Sparse blocks to the right-hand neighbour.
     pub sparse_tx: RingSender<SparseBlock>,
     /// Sparse blocks from the left-hand neighbour.
@@ -222,7 +237,10 @@ pub struct GenerationLinks {
 impl GenerationLinks {
     /// Ends both outgoing streams once the peer has read them (the end of a generation).
     pub async fn finish(self) -> Result<(), RingError> {
-        self.chunk_tx.finish().await?;
+        match self.dense {
+            DenseLinks::Grpc { tx, .. } => tx.finish().await?,
+            DenseLinks::Tcp(links) => links.finish(),
+        }
         self.sparse_tx.finish().await
     }
 
@@ -242,24 +260,27 @@ impl GenerationLinks {
         const CAPACITY: usize = 32;
         let transport =
             ring_transport(transport, security.tls.is_some()).map_err(RingError::Config)?;
-        let (chunk_rx, sparse_rx) = node.open(generation, left, CAPACITY);
-        let (chunk_tx, sparse_tx, client) = if transport == RingTransport::Tcp {
-            let chunks = TcpSender::open(me.clone(), right.clone(), &security.token).await?;
-            let sparse = TcpSender::open(me, right, &security.token).await?;
-            (RingSender::Tcp(chunks), RingSender::Tcp(sparse), None)
+        let (chunk_rx, sparse_rx, incoming) = node.open(generation, left.clone(), CAPACITY);
+        let (dense, sparse_tx, client) = if transport == RingTransport::Tcp {
+            let token = &security.token;
+            let (me2, right2) = (me.clone(), right.clone());
+            let dense =
+                tcp::direct::DirectLinks::open(me2, left, right2, token, generation, incoming)
+                    .await?;
+            let sparse = TcpSender::open(me, right, token, generation).await?;
+            (DenseLinks::Tcp(dense), RingSender::Tcp(sparse), None)
         } else {
             let mut client = connect(&right, security).await?;
             let chunks = GrpcSender::open(&mut client, me.clone(), right.clone(), CAPACITY).await?;
             let sparse = GrpcSender::open(&mut client, me, right, CAPACITY).await?;
-            (
-                RingSender::Grpc(chunks),
-                RingSender::Grpc(sparse),
-                Some(client),
-            )
+            let dense = DenseLinks::Grpc {
+                tx: chunks,
+                rx: chunk_rx,
+            };
+            (dense, RingSender::Grpc(sparse), Some(client))
         };
         Ok(Self {
-            chunk_tx,
-            chunk_rx,
+            dense,
             sparse_tx,
             sparse_rx,
             _client: client,

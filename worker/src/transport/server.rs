@@ -27,6 +27,9 @@ pub(super) struct Slot<M> {
     generation: u64,
     left: Option<PeerId>,
     tx: Option<mpsc::Sender<Result<M, RingError>>>,
+    /// Where a raw link of this kind goes once routed (chunk links: the ring reads them
+    /// itself, `super::tcp::direct`).
+    links: Option<std::sync::mpsc::Sender<std::net::TcpStream>>,
 }
 
 impl<M> Default for Slot<M> {
@@ -35,9 +38,14 @@ impl<M> Default for Slot<M> {
             generation: 0,
             left: None,
             tx: None,
+            links: None,
         }
     }
 }
+
+/// The raw chunk links routed to this rank's current generation (one, from the left-hand
+/// neighbour), as the ring takes them.
+pub type IncomingLinks = std::sync::mpsc::Receiver<std::net::TcpStream>;
 
 #[derive(Default)]
 pub(super) struct Inbox {
@@ -168,30 +176,41 @@ impl PeerNode {
         generation: u64,
         left: PeerId,
         capacity: usize,
-    ) -> (GrpcReceiver<Chunk>, GrpcReceiver<SparseBlock>) {
+    ) -> (
+        GrpcReceiver<Chunk>,
+        GrpcReceiver<SparseBlock>,
+        IncomingLinks,
+    ) {
         let receivers = {
             let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                open_slot(&mut inbox.chunks, generation, &left, capacity),
-                open_slot(&mut inbox.sparse, generation, &left, capacity),
-            )
+            let (chunks, links) = open_slot(&mut inbox.chunks, generation, &left, capacity);
+            let (sparse, _) = open_slot(&mut inbox.sparse, generation, &left, capacity);
+            (chunks, sparse, links)
         };
         self.opened.send_modify(|v| *v += 1);
         receivers
     }
 }
 
-fn open_slot<M>(slot: &mut Slot<M>, generation: u64, left: &PeerId, cap: usize) -> GrpcReceiver<M> {
+fn open_slot<M>(
+    slot: &mut Slot<M>,
+    generation: u64,
+    left: &PeerId,
+    cap: usize,
+) -> (GrpcReceiver<M>, IncomingLinks) {
     let (tx, rx) = mpsc::channel(cap.max(1));
+    let (links, incoming) = std::sync::mpsc::channel();
     *slot = Slot {
         generation,
         left: Some(left.clone()),
         tx: Some(tx),
+        links: Some(links),
     };
-    GrpcReceiver {
+    let receiver = GrpcReceiver {
         rx,
         peer: left.clone(),
-    }
+    };
+    (receiver, incoming)
 }
 
 fn tonic_interceptor(
@@ -344,24 +363,10 @@ pub(super) async fn forward<M: Wire, S: Incoming<M::Pb>>(
         Ok(None) => return Some(Ok(0)),
         Err(_) => return None,
     };
-    let deadline = tokio::time::Instant::now() + OPEN_WAIT;
-    let route = loop {
-        let route = {
-            let inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
-            check_route::<M>(slot(&inbox), &msg)
-        };
-        match route {
-            Err(Wait::NotYetOpen(status)) => {
-                // A generation ahead of this rank's: wait for the node to open it.
-                match tokio::time::timeout_at(deadline, opened.changed()).await {
-                    Ok(Ok(())) => continue,
-                    _ => break Err(status),
-                }
-            }
-            Err(Wait::Refused(status)) => break Err(status),
-            Ok(route) => break Ok(route),
-        }
-    };
+    let route = wait_route(&inbox, &mut opened, |inbox| {
+        check_route::<M>(slot(inbox), &msg)
+    })
+    .await;
     let (tx, left) = match route {
         Ok(route) => route,
         Err(status) => {
@@ -397,6 +402,55 @@ pub(super) async fn forward<M: Wire, S: Incoming<M::Pb>>(
     }
 }
 
+/// Waits until `check` finds a route in the inbox: at once, or once this rank opens the
+/// generation a stream is ahead by (at most [`OPEN_WAIT`]); the refusal otherwise.
+async fn wait_route<R>(
+    inbox: &Shared,
+    opened: &mut tokio::sync::watch::Receiver<u64>,
+    check: impl Fn(&Inbox) -> Result<R, Wait>,
+) -> Result<R, Status> {
+    let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+    loop {
+        let route = check(&inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        match route {
+            Err(Wait::NotYetOpen(status)) => {
+                // A generation ahead of this rank's: wait for the node to open it.
+                match tokio::time::timeout_at(deadline, opened.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(status),
+                }
+            }
+            Err(Wait::Refused(status)) => return Err(status),
+            Ok(route) => return Ok(route),
+        }
+    }
+}
+
+/// Routes a raw chunk link whose hello names `generation` and `rank`: to the ring of this
+/// rank's current generation if `rank` is its left-hand neighbour there (waiting for the
+/// generation to open if it is ahead), or the refusal (logged).
+pub(super) async fn route_chunk_link(
+    inbox: &Shared,
+    mut opened: tokio::sync::watch::Receiver<u64>,
+    generation: u64,
+    rank: u32,
+) -> Result<(std::sync::mpsc::Sender<std::net::TcpStream>, PeerId), Status> {
+    let route = wait_route(inbox, &mut opened, |inbox| {
+        let left = check_origin(&inbox.chunks, generation, rank)?;
+        match &inbox.chunks.links {
+            Some(links) => Ok((links.clone(), left)),
+            None => Err(Wait::NotYetOpen(Status::failed_precondition(
+                "this rank has no open generation",
+            ))),
+        }
+    })
+    .await;
+    if let Err(status) = &route {
+        log_refusal(status.message());
+    }
+    route
+}
+
 /// Logs a refused peer stream or link: a misbehaving peer may retry without end, so one line
 /// per 5 s, with the count of those suppressed.
 pub(super) fn log_refusal(reason: &str) {
@@ -427,7 +481,19 @@ fn check_route<M: Wire>(slot: &Slot<M>, first: &M::Pb) -> Result<Route<M>, Wait>
             "first message without a header",
         )));
     };
-    let (Some(tx), Some(left)) = (&slot.tx, &slot.left) else {
+    let left = check_origin(slot, generation, rank)?;
+    match &slot.tx {
+        Some(tx) => Ok((tx.clone(), left)),
+        None => Err(Wait::NotYetOpen(Status::failed_precondition(
+            "this rank has no open generation",
+        ))),
+    }
+}
+
+/// Whether a stream from `rank` in `generation` belongs to this rank's current generation
+/// and comes from its left-hand neighbour; that neighbour if so.
+fn check_origin<M>(slot: &Slot<M>, generation: u64, rank: u32) -> Result<PeerId, Wait> {
+    let Some(left) = &slot.left else {
         return Err(Wait::NotYetOpen(Status::failed_precondition(format!(
             "generation {generation}: this rank has no open generation"
         ))));
@@ -450,5 +516,5 @@ fn check_route<M: Wire>(slot: &Slot<M>, first: &M::Pb) -> Result<Route<M>, Wait>
             "rank {rank} is not this rank's left neighbour ({left}) in generation {generation}"
         ))));
     }
-    Ok((tx.clone(), left.clone()))
+    Ok(left.clone())
 }

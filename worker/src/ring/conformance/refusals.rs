@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use super::super::{Chunk, PeerId, RingError};
-use super::{KINDS, Kind, NET, TOKEN, dense, random_buffers, tag};
-use crate::transport::{Client, GrpcSender, JobToken, PeerNode, RingSender, Security, TcpSender};
-use funnel_common::spec::RingTransport;
+use tokio::task::block_in_place;
+
+use super::super::{Chunk, PeerId, RingError, SparseBlock};
+use super::{KINDS, Kind, TOKEN, dense, random_buffers, tag};
+use crate::transport::tcp::direct::DirectLinks;
+use crate::transport::{Client, GrpcSender, JobToken, PeerNode, Security, TcpSender};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_layout_hash_is_refused_naming_the_peer() {
@@ -48,44 +50,62 @@ async fn stale_generation_is_refused() {
         _ => false,
     });
     assert!(found, "{outs:?}");
-    // Over the network the server refuses the stream before anything reaches the ring.
-    for transport in NET {
-        let (node, me, token) = node().await;
-        let (mut rx, _sparse_rx) = node.open(5, me.clone(), 4);
-        let (mut tx, _client) = sender(transport, &me, &token).await.expect("open");
-        let chunk = Chunk {
-            tag: tag(4),
-            phase: crate::ring::Phase::ReduceScatter,
-            round: 0,
-            segment: 0,
-            chunk: 0,
-            offset: 0,
-            values: vec![1.0].into(),
-        };
-        crate::ring::RingSend::send(&mut tx, chunk)
-            .await
-            .expect("queued");
-        match tx.finish().await {
-            Err(RingError::Refused { peer, status }) => {
-                assert_eq!(peer, me);
-                assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-                assert!(
-                    status.message().contains("stale generation 4"),
-                    "{transport:?}: {}",
-                    status.message()
-                );
-            }
-            other => panic!("{transport:?}: got {other:?}"),
+    // Over gRPC the server refuses the stream before anything reaches the ring.
+    let (node, me, token) = node().await;
+    let (mut rx, _sparse_rx, _links) = node.open(5, me.clone(), 4);
+    let (mut tx, _client) = sender(&me, &token).await.expect("open");
+    let chunk = Chunk {
+        tag: tag(4),
+        phase: crate::ring::Phase::ReduceScatter,
+        round: 0,
+        segment: 0,
+        chunk: 0,
+        offset: 0,
+        values: vec![1.0].into(),
+    };
+    crate::ring::RingSend::send(&mut tx, chunk)
+        .await
+        .expect("queued");
+    assert_stale(tx.finish().await, &me, "grpc");
+    let got = tokio::time::timeout(
+        Duration::from_millis(200),
+        crate::ring::RingRecv::recv(&mut rx),
+    )
+    .await;
+    assert!(
+        got.is_err(),
+        "nothing of a stale generation reaches the ring"
+    );
+    // Over raw TCP the server refuses the link, routed by its handshake, before the ring
+    // takes it; the sending rank's all-reduce reports the refusal.
+    let (_rx, _sparse_rx, incoming) = node.open(5, me.clone(), 4);
+    let (_keep, nothing) = std::sync::mpsc::channel();
+    let direct = DirectLinks::open(me.clone(), me.clone(), me.clone(), &token.token, 4, nothing)
+        .await
+        .expect("handshake");
+    let cfg = super::config(0, 2, 64, 2000);
+    let mut buf = vec![1.0; 30];
+    let out = block_in_place(|| direct.all_reduce(&cfg, tag(4), &mut buf, None, &|| false));
+    assert_stale(out, &me, "tcp");
+    assert!(
+        incoming.recv_timeout(Duration::from_millis(200)).is_err(),
+        "a stale link never reaches the ring"
+    );
+}
+
+/// `out` is `peer`'s refusal of generation 4 as stale.
+fn assert_stale(out: Result<(), RingError>, peer: &PeerId, transport: &str) {
+    match out {
+        Err(RingError::Refused { peer: p, status }) => {
+            assert_eq!(&p, peer);
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert!(
+                status.message().contains("stale generation 4"),
+                "{transport}: {}",
+                status.message()
+            );
         }
-        let got = tokio::time::timeout(
-            Duration::from_millis(200),
-            crate::ring::RingRecv::recv(&mut rx),
-        )
-        .await;
-        assert!(
-            got.is_err(),
-            "{transport:?}: nothing of a stale generation reaches the ring"
-        );
+        other => panic!("{transport}: got {other:?}"),
     }
 }
 
@@ -102,19 +122,14 @@ async fn node() -> (PeerNode, PeerId, Security) {
     (node, me, token)
 }
 
-/// A sender of chunks from `me` to itself over `transport` (and the gRPC connection to keep).
+/// A gRPC sender of chunks from `me` to itself (and the connection to keep).
 async fn sender(
-    transport: RingTransport,
     me: &PeerId,
     security: &Security,
-) -> Result<(RingSender<Chunk>, Option<Client>), RingError> {
-    if transport == RingTransport::Tcp {
-        let tx = TcpSender::open(me.clone(), me.clone(), &security.token).await?;
-        return Ok((RingSender::Tcp(tx), None));
-    }
+) -> Result<(GrpcSender<Chunk>, Client), RingError> {
     let mut client = crate::transport::connect(me, security).await?;
     let tx = GrpcSender::open(&mut client, me.clone(), me.clone(), 4).await?;
-    Ok((RingSender::Grpc(tx), Some(client)))
+    Ok((tx, client))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,14 +137,31 @@ async fn wrong_or_missing_token_is_unauthenticated() {
     let (node, me, _token) = node().await;
     let _receivers = node.open(1, me.clone(), 4);
     let wrong = Security::plain(JobToken::new("not-the-token").expect("token"));
-    for transport in NET {
-        match sender(transport, &me, &wrong).await {
+    let (_keep, nothing) = std::sync::mpsc::channel();
+    let (m, t) = (me.clone(), &wrong.token);
+    let outs = [
+        ("grpc", sender(&me, &wrong).await.map(drop)),
+        (
+            "tcp chunks",
+            DirectLinks::open(m.clone(), m.clone(), m.clone(), t, 1, nothing)
+                .await
+                .map(drop),
+        ),
+        (
+            "tcp sparse",
+            TcpSender::<SparseBlock>::open(m.clone(), m, t, 1)
+                .await
+                .map(drop),
+        ),
+    ];
+    for (transport, out) in outs {
+        match out {
             Err(RingError::Refused { peer, status }) => {
                 assert_eq!(peer, me);
-                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{transport:?}");
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{transport}");
                 assert!(!status.message().contains("not-the-token"));
             }
-            other => panic!("{transport:?}: got {:?}", other.err()),
+            other => panic!("{transport}: got {:?}", other.err()),
         }
     }
     // No token at all: a bare generated client.
@@ -151,7 +183,16 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
     use crate::transport::tcp::frame;
     use tokio::io::AsyncWriteExt;
 
-    let (node, me, token) = node().await;
+    // Rank 1 of a 2-rank ring over raw TCP; rank 0 is this test, writing by hand: a good
+    // first chunk (segment 0, reduce-scatter round 0), then a bad frame.
+    let (node0, rank0, token) = node().await;
+    let node1 = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
+        .await
+        .expect("server");
+    let rank1 = PeerId {
+        rank: 1,
+        addr: node1.addr().to_string(),
+    };
     let good = Chunk {
         tag: tag(1),
         phase: crate::ring::Phase::ReduceScatter,
@@ -161,7 +202,7 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         offset: 0,
         values: vec![2.5, -1.0].into(),
     };
-    let mut meta = crate::transport::wire::chunk_to_wire(good.clone(), &me);
+    let mut meta = crate::transport::wire::chunk_to_wire(good.clone(), &rank0);
     let payload = std::mem::take(&mut meta.values);
     let meta = prost::Message::encode_to_vec(&meta);
     let bad_frames: [(Vec<u8>, &str); 2] = [
@@ -175,35 +216,47 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         ),
     ];
     for (bad, why) in bad_frames {
-        let (mut rx, _sparse_rx) = node.open(1, me.clone(), 4);
-        let mut link = tokio::net::TcpStream::connect(node.addr())
+        // Rank 0's node takes rank 1's link (and leaves it unread).
+        let _rank0_side = node0.open(1, rank1.clone(), 4);
+        let (_c, _s, incoming) = node1.open(1, rank0.clone(), 4);
+        let direct = DirectLinks::open(
+            rank1.clone(),
+            rank0.clone(),
+            rank0.clone(),
+            &token.token,
+            1,
+            incoming,
+        )
+        .await
+        .expect("rank 1's link");
+        let mut link = tokio::net::TcpStream::connect(node1.addr())
             .await
             .expect("connect");
-        link.write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes()))
+        link.write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes(), 1, 0))
             .await
             .expect("hello");
         let (code, _) = frame::read_verdict(&mut link).await.expect("verdict");
         assert_eq!(code, tonic::Code::Ok);
-        link.write_all(&frame::frame_header(meta.len(), payload.len()))
-            .await
-            .expect("header");
-        link.write_all(&meta).await.expect("meta");
-        link.write_all(&payload).await.expect("payload");
-        link.write_all(&bad).await.expect("bad frame");
-        let first = crate::ring::RingRecv::recv(&mut rx)
-            .await
-            .expect("good chunk");
-        assert_eq!(first, good);
-        match crate::ring::RingRecv::recv(&mut rx).await {
-            Err(RingError::Link { peer, what }) => {
-                assert_eq!(peer, me);
+        let mut bytes = frame::frame_header(meta.len(), payload.len()).to_vec();
+        bytes.extend_from_slice(&meta);
+        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(&bad);
+        link.write_all(&bytes).await.expect("frames");
+        let cfg = super::config(1, 2, 64, 2000);
+        let mut buf = vec![1.0; 4];
+        let out = block_in_place(|| direct.all_reduce(&cfg, tag(1), &mut buf, None, &|| false));
+        match out {
+            Err(RingError::Invalid { peer, what }) => {
+                assert_eq!(peer, rank0);
                 assert!(what.contains(why), "{what}");
             }
             other => panic!("{why}: got {other:?}"),
         }
+        // The good chunk was summed in before the bad frame came.
+        assert_eq!(&buf[..2], &[3.5, 0.0]);
     }
     // A connection that starts like a raw link but is not one is dropped; gRPC still serves.
-    let mut junk = tokio::net::TcpStream::connect(node.addr())
+    let mut junk = tokio::net::TcpStream::connect(node0.addr())
         .await
         .expect("connect");
     junk.write_all(b"FUNNEL-JUNK/9\n\x01\x00\x00")
@@ -211,10 +264,8 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         .expect("junk");
     let (code, text) = frame::read_verdict(&mut junk).await.expect("verdict");
     assert_eq!(code, tonic::Code::InvalidArgument, "{text}");
-    let (mut tx, _client) = sender(RingTransport::Grpc, &me, &token)
-        .await
-        .expect("gRPC on the same port");
-    let (mut rx, _sparse_rx) = node.open(1, me.clone(), 4);
+    let (mut tx, _client) = sender(&rank0, &token).await.expect("gRPC on the same port");
+    let (mut rx, _sparse_rx, _links) = node0.open(1, rank0.clone(), 4);
     crate::ring::RingSend::send(&mut tx, good.clone())
         .await
         .expect("sent");

@@ -1,8 +1,9 @@
-//! The byte layout of a raw TCP ring link (protocol `FUNNEL-RING/1`), all integers
+//! The byte layout of a raw TCP ring link (protocol `FUNNEL-RING/2`), all integers
 //! little-endian:
 //!
 //! ```text
 //! client -> server   MAGIC (14 bytes) | kind u8 | token_len u16 | token
+//!                    | generation u64 | sender_rank u32
 //! server -> client   verdict: code u32 | len u32 | message (UTF-8)      code 0: accepted
 //! client -> server   frames: meta_len u32 | payload_len u32 | meta | payload   (repeated)
 //!                    then FIN at a frame boundary: the end of the stream
@@ -13,6 +14,10 @@
 //! field's bytes (a chunk's f32 values), so the values cross the link as they are: no protobuf
 //! copy on either side. Codes are gRPC's, so a refusal reads the same on either transport.
 //! Every length is bounded before anything is allocated for it.
+//!
+//! A chunk link (kind 1) is routed by the generation and rank of its hello and then read by
+//! the ring itself (`super::direct`): it sends no final verdict, only a refusal (a stale
+//! generation, a rank that is not the left-hand neighbour) in place of its first frame.
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
@@ -22,7 +27,7 @@ use tonic::Code;
 
 /// The first bytes of a raw ring link. Its first byte, `F`, tells it apart from HTTP/2's
 /// preface (`P`) and a TLS ClientHello (0x16) on the shared peer port.
-pub const MAGIC: &[u8; 14] = b"FUNNEL-RING/1\n";
+pub const MAGIC: &[u8; 14] = b"FUNNEL-RING/2\n";
 
 /// Longest job token a handshake may carry.
 pub const MAX_TOKEN: usize = 4096;
@@ -39,18 +44,33 @@ pub enum Kind {
     Sparse = 2,
 }
 
-/// The handshake: magic, kind and token.
-pub fn hello(kind: Kind, token: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + 3 + token.len());
+/// What a link's handshake says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// What the link carries.
+    pub kind: Kind,
+    /// The presented job token (checked by the server).
+    pub token: Vec<u8>,
+    /// The ring generation the sender is in.
+    pub generation: u64,
+    /// The sender's rank in that generation.
+    pub rank: u32,
+}
+
+/// The handshake: magic, kind, token, generation and the sender's rank.
+pub fn hello(kind: Kind, token: &[u8], generation: u64, rank: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 15 + token.len());
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&(token.len().min(u16::MAX as usize) as u16).to_le_bytes());
     out.extend_from_slice(token);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&rank.to_le_bytes());
     out
 }
 
-/// Reads a handshake: the link's kind and the presented token (not yet checked).
-pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Kind, Vec<u8>), String> {
+/// Reads a handshake (the token not yet checked).
+pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> Result<Hello, String> {
     let mut magic = [0u8; MAGIC.len()];
     r.read_exact(&mut magic)
         .await
@@ -77,7 +97,17 @@ pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Kind, Vec<u8
     r.read_exact(&mut token)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    Ok((kind, token))
+    let mut origin = [0u8; 12];
+    r.read_exact(&mut origin)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (generation, rank) = origin.split_at(8);
+    Ok(Hello {
+        kind,
+        token,
+        generation: u64::from_le_bytes(generation.try_into().unwrap_or_default()),
+        rank: u32::from_le_bytes(rank.try_into().unwrap_or_default()),
+    })
 }
 
 /// A verdict: `code` (gRPC's) and a message, cut to [`MAX_VERDICT`] bytes.
@@ -314,10 +344,18 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_and_verdict_round_trip() {
-        let bytes = hello(Kind::Sparse, b"tok");
+        let bytes = hello(Kind::Sparse, b"tok", 7, 2);
         assert_eq!(bytes[0], b'F');
-        let (kind, token) = read_hello(&mut &bytes[..]).await.expect("hello");
-        assert_eq!((kind, &token[..]), (Kind::Sparse, &b"tok"[..]));
+        let got = read_hello(&mut &bytes[..]).await.expect("hello");
+        let want = Hello {
+            kind: Kind::Sparse,
+            token: b"tok".to_vec(),
+            generation: 7,
+            rank: 2,
+        };
+        assert_eq!(got, want);
+        let cut = read_hello(&mut &bytes[..bytes.len() - 1]).await;
+        assert!(cut.is_err(), "a hello without its full rank");
         let mut wrong = bytes.clone();
         wrong[3] = b'X';
         assert!(read_hello(&mut &wrong[..]).await.is_err());

@@ -15,6 +15,7 @@
 //!
 //! - [`frame`]: the byte layout (handshake, verdicts, frames) and the frame reader.
 
+pub mod direct;
 pub mod frame;
 
 use std::marker::PhantomData;
@@ -28,10 +29,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
-use super::server::{Inbox, Incoming, Opened, Shared, Slot, forward, log_refusal};
+use super::server::{
+    Inbox, Incoming, Opened, Shared, Slot, forward, log_refusal, route_chunk_link,
+};
 use super::verdict::Verdict;
 use super::{JobToken, MAX_MESSAGE_BYTES, Wire};
-use crate::ring::{Chunk, ChunkSend, PeerId, RingError, RingSend, SharedBuf, SparseBlock};
+use crate::ring::{PeerId, RingError, RingSend, SparseBlock};
 use frame::{FrameReader, Kind};
 
 /// How long an accepted connection may stay silent before its first byte (which says what it
@@ -94,23 +97,20 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     let accepted = match hello {
         Err(_) => Err(Status::deadline_exceeded("handshake: too slow")),
         Ok(Err(e)) => Err(Status::invalid_argument(e)),
-        Ok(Ok((_, token))) if !ctx.token.matches(&token) => Err(Status::unauthenticated(
+        Ok(Ok(h)) if !ctx.token.matches(&h.token) => Err(Status::unauthenticated(
             "funnel.v1.Peer (tcp link): wrong job token",
         )),
         Ok(Ok(_)) if ctx.tls => Err(Status::failed_precondition(
             "this job uses TLS: raw TCP ring links are refused (ring_transport must be grpc)",
         )),
-        Ok(Ok((kind, _))) => Ok(kind),
+        Ok(Ok(h)) => Ok(h),
     };
-    let kind = match accepted {
-        Ok(kind) => kind,
+    let hello = match accepted {
+        Ok(hello) => hello,
         Err(status) => {
             // The presented token is never logged.
             log_refusal(status.message());
-            let _ = write
-                .write_all(&frame::verdict(status.code(), status.message()))
-                .await;
-            let _ = write.shutdown().await;
+            refuse(write, status).await;
             return;
         }
     };
@@ -121,16 +121,30 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     {
         return;
     }
-    let detached = read
-        .reunite(write)
-        .map_err(|e| e.to_string())
-        .and_then(|s| s.into_std().map_err(|e| e.to_string()))
-        .and_then(|s| {
-            s.set_nonblocking(false).map_err(|e| e.to_string())?;
-            let writer = s.try_clone().map_err(|e| e.to_string())?;
-            Ok((s, writer))
-        });
-    let (socket, writer) = match detached {
+    if hello.kind == Kind::Chunks {
+        // Routed now, then read by the ring itself (`direct`); the sender does not wait for
+        // the routing (this rank may open the generation a moment after its neighbour).
+        match route_chunk_link(
+            &ctx.inbox,
+            ctx.opened.subscribe(),
+            hello.generation,
+            hello.rank,
+        )
+        .await
+        {
+            Ok((links, left)) => match blocking(read, write) {
+                Ok((socket, _)) => {
+                    if links.send(socket).is_err() {
+                        tracing::debug!(%left, "raw ring link: its generation has closed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "raw ring link: cannot take its socket"),
+            },
+            Err(status) => refuse(write, status).await,
+        }
+        return;
+    }
+    let (socket, writer) = match blocking(read, write) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(error = %e, "raw ring link: cannot take its socket");
@@ -140,31 +154,50 @@ async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     let runtime = tokio::runtime::Handle::current();
     let reader = std::thread::Builder::new()
         .name("funnel-link".into())
-        .spawn(move || read_frames(socket, writer, kind, &ctx, &runtime));
+        .spawn(move || read_frames(socket, writer, &ctx, &runtime));
     if let Err(e) = reader {
         // The socket went with the closure: the link closes and the sender sees it broken.
         tracing::warn!(error = %e, "raw ring link: no reader thread");
     }
 }
 
-/// A raw link's reader thread: blocking reads of its frames (the thread sleeps in the kernel
-/// until bytes arrive, as the raw TCP ceiling's reader does), routed into the ring by
+/// Writes `status` as the link's verdict and closes it.
+async fn refuse(mut write: OwnedWriteHalf, status: Status) {
+    let _ = write
+        .write_all(&frame::verdict(status.code(), status.message()))
+        .await;
+    let _ = write.shutdown().await;
+}
+
+/// The link as a blocking `std` socket, and a second handle to it for writing.
+fn blocking(
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: OwnedWriteHalf,
+) -> Result<(std::net::TcpStream, std::net::TcpStream), String> {
+    let s = read
+        .reunite(write)
+        .map_err(|e| e.to_string())?
+        .into_std()
+        .map_err(|e| e.to_string())?;
+    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let writer = s.try_clone().map_err(|e| e.to_string())?;
+    Ok((s, writer))
+}
+
+/// A sparse link's reader thread: blocking reads of its frames (the thread sleeps in the
+/// kernel until bytes arrive, as the raw TCP ceiling's reader does), routed into the ring by
 /// `forward` under `runtime` (its timers and channels), then the final verdict. It replaced a
 /// reader task on the runtime, which woke through epoll for every arriving segment and found
 /// nothing to read in about one `recvfrom` of 13 (docs/allreduce-benchmark.md).
 fn read_frames(
     socket: std::net::TcpStream,
     mut writer: std::net::TcpStream,
-    kind: Kind,
     ctx: &LinkContext,
     runtime: &tokio::runtime::Handle,
 ) {
     let verdict = runtime.block_on(async {
         let socket = frame::BlockingRead(socket);
-        match kind {
-            Kind::Chunks => route::<Chunk, _>(socket, ctx, |i| &i.chunks).await,
-            Kind::Sparse => route::<SparseBlock, _>(socket, ctx, |i| &i.sparse).await,
-        }
+        route::<SparseBlock, _>(socket, ctx, |i| &i.sparse).await
     });
     let bytes = match verdict {
         Some(Ok(n)) => frame::verdict(Code::Ok, &format!("{n} messages")),
@@ -228,6 +261,35 @@ async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
 }
 
+/// Connects to `peer`'s peer port as `me`, in `generation`, for a link of `kind`, and
+/// completes the handshake; a refusal (token, TLS) comes back as the peer's status.
+pub(super) async fn handshake(
+    kind: Kind,
+    me: &PeerId,
+    peer: &PeerId,
+    token: &JobToken,
+    generation: u64,
+) -> Result<(tokio::net::tcp::OwnedReadHalf, OwnedWriteHalf), RingError> {
+    let stream = connect(&peer.addr)
+        .await
+        .map_err(|e| RingError::link(peer, format!("cannot connect: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (mut read, mut write) = stream.into_split();
+    let hello = frame::hello(kind, token.expose().as_bytes(), generation, me.rank as u32);
+    let exchange = async {
+        write.write_all(&hello).await?;
+        frame::read_verdict(&mut read).await
+    };
+    let (code, text) = tokio::time::timeout(FIRST_BYTES_WAIT, exchange)
+        .await
+        .map_err(|_| RingError::link(peer, "handshake: no answer"))?
+        .map_err(|e| RingError::link(peer, format!("handshake: {e}")))?;
+    if code != Code::Ok {
+        return Err(super::wire::refused(peer, Status::new(code, text)));
+    }
+    Ok((read, write))
+}
+
 /// Sends one kind of ring message to the right-hand neighbour over a raw link.
 pub struct TcpSender<M: Wire> {
     me: PeerId,
@@ -240,27 +302,15 @@ pub struct TcpSender<M: Wire> {
 }
 
 impl<M: Wire> TcpSender<M> {
-    /// Connects to `peer`'s peer port as `me` and completes the handshake; a refused token
-    /// (or a TLS job on the other side) comes back as the peer's status.
-    pub async fn open(me: PeerId, peer: PeerId, token: &JobToken) -> Result<Self, RingError> {
-        let stream = connect(&peer.addr)
-            .await
-            .map_err(|e| RingError::link(&peer, format!("cannot connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (mut read, mut write) = stream.into_split();
-        let handshake = async {
-            write
-                .write_all(&frame::hello(M::KIND, token.expose().as_bytes()))
-                .await?;
-            frame::read_verdict(&mut read).await
-        };
-        let (code, text) = tokio::time::timeout(FIRST_BYTES_WAIT, handshake)
-            .await
-            .map_err(|_| RingError::link(&peer, "handshake: no answer"))?
-            .map_err(|e| RingError::link(&peer, format!("handshake: {e}")))?;
-        if code != Code::Ok {
-            return Err(super::wire::refused(&peer, Status::new(code, text)));
-        }
+    /// Connects to `peer`'s peer port as `me` (in `generation`) and completes the handshake;
+    /// a refused token (or a TLS job on the other side) comes back as the peer's status.
+    pub async fn open(
+        me: PeerId,
+        peer: PeerId,
+        token: &JobToken,
+        generation: u64,
+    ) -> Result<Self, RingError> {
+        let (mut read, write) = handshake(M::KIND, &me, &peer, token, generation).await?;
         let watch = tokio::spawn(async move {
             match frame::read_verdict(&mut read).await {
                 Ok((Code::Ok, _)) => None,
@@ -319,55 +369,5 @@ impl<M: Wire> TcpSender<M> {
             .extend_from_slice(&frame::frame_header(wire.encoded_len(), payload_len));
         wire.encode(&mut self.scratch)
             .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))
-    }
-}
-
-/// The values go from the buffer to the socket: each non-blocking write borrows the range
-/// only while the kernel copies it, so nothing is held across an await and nothing is copied
-/// in user space.
-impl ChunkSend for TcpSender<Chunk> {
-    async fn send_range(
-        &mut self,
-        head: Chunk,
-        buf: &SharedBuf<'_>,
-        range: std::ops::Range<usize>,
-    ) -> Result<(), RingError> {
-        if cfg!(target_endian = "big") {
-            let values = buf.read(range, crate::ring::F32Bytes::from_f32);
-            return self.send(Chunk { values, ..head }).await;
-        }
-        if !self.verdict.open() {
-            return Err(self.closed().await);
-        }
-        let len = range.len() * 4;
-        self.encode_head(Chunk::to_wire(head, &self.me), len)?;
-        // Head and values leave in one write: written apart (no Nagle), the head went out as
-        // a packet of its own and woke the receiver for a few dozen bytes.
-        let head_len = self.scratch.len();
-        let (write, scratch) = (&self.write, &self.scratch);
-        let mut sent = 0;
-        while sent < head_len + len {
-            let wrote = buf.read(range.clone(), |values| {
-                let bytes: &[u8] = bytemuck::cast_slice(values);
-                if sent < head_len {
-                    write.try_write_vectored(&[
-                        std::io::IoSlice::new(&scratch[sent..]),
-                        std::io::IoSlice::new(bytes),
-                    ])
-                } else {
-                    write.try_write(&bytes[sent - head_len..])
-                }
-            });
-            match wrote {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if write.writable().await.is_err() {
-                        return Err(self.closed().await);
-                    }
-                }
-                Err(_) => return Err(self.closed().await),
-            }
-        }
-        Ok(())
     }
 }
