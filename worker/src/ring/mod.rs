@@ -3,8 +3,11 @@
 //!
 //! The algorithms are written once, against two small traits: [`RingSend`] (to the right-hand
 //! neighbour) and [`RingRecv`] (from the left-hand neighbour). [`memory`] implements them with
-//! tokio channels; `crate::transport` implements them over the gRPC `Peer` service. Every
-//! message a rank receives is checked here, whatever carried it, so validation exists once.
+//! tokio channels; `crate::transport` implements them over the gRPC `Peer` service and raw TCP
+//! (sparse blocks). Every message a rank receives is checked here, whatever carried it, so
+//! validation exists once. The one exception is the dense all-reduce on raw TCP links
+//! (`crate::transport::tcp::direct`): it runs the same schedule on the sockets themselves and
+//! reuses this module's checks (`allreduce::Expect`, [`values`]).
 //!
 //! - [`allreduce`]: reduce-scatter then all-gather, chunked and pipelined.
 //! - [`sparse`]: every rank's sparse gradients around the ring, then a merge in rank order.
@@ -136,8 +139,8 @@ pub trait RingSend<M>: Send {
 }
 
 /// Sends chunks whose values are a range of the buffer being reduced. The default copies the
-/// range into the chunk and sends that; a transport that can write the values straight from
-/// the buffer (the raw TCP link) saves the copy.
+/// range into the chunk and sends that; a sender may write the values from the buffer instead
+/// (fault injection uses the hook to see every chunk).
 pub trait ChunkSend: RingSend<Chunk> {
     /// Sends `head` (its `values` empty) carrying `buf[range]`.
     fn send_range(

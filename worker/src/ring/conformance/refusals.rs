@@ -300,3 +300,52 @@ async fn a_local_value_that_is_not_finite_is_refused_as_local() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_tcp_step_returns_though_both_its_links_are_stuck() {
+    // Rank 1 of 2 over raw TCP; rank 0 is a node that accepts rank 1's link and never reads
+    // it, and a hand-made link that never sends. 64 MiB leaves rank 1's sender blocked on a
+    // full link and its receiver waiting on a silent one; cancelling the step (a newer
+    // generation) must end both, long before the receive timeout.
+    let (node0, rank0, token) = node().await;
+    let node1 = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
+        .await
+        .expect("server");
+    let rank1 = PeerId {
+        rank: 1,
+        addr: node1.addr().to_string(),
+    };
+    let _rank0_side = node0.open(1, rank1.clone(), 4);
+    let (_c, _s, incoming) = node1.open(1, rank0.clone(), 4);
+    let (r1, r0) = (rank1.clone(), rank0.clone());
+    let direct = DirectLinks::open(r1, r0.clone(), r0, &token.token, 1, incoming)
+        .await
+        .expect("rank 1's link");
+    let mut silent = tokio::net::TcpStream::connect(node1.addr())
+        .await
+        .expect("connect");
+    {
+        use crate::transport::tcp::frame;
+        use tokio::io::AsyncWriteExt;
+        silent
+            .write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes(), 1, 0))
+            .await
+            .expect("hello");
+    }
+    let cfg = super::config(1, 2, 1 << 18, 600_000);
+    let mut buf = vec![1.0f32; 16 << 20];
+    // Asked every 100 ms while a thread waits: the second time, the ring has moved on.
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let cancelled = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 1;
+    let out = block_in_place(|| direct.all_reduce(&cfg, tag(1), &mut buf, None, &cancelled));
+    match out {
+        Err(RingError::Link { peer, what }) => {
+            assert_eq!(peer, rank0);
+            assert!(what.contains("cancelled"), "{what}");
+        }
+        other => panic!("got {other:?}"),
+    }
+    // The links are shut: the next step fails at once instead of waiting.
+    let again = block_in_place(|| direct.all_reduce(&cfg, tag(1), &mut buf, None, &|| false));
+    assert!(again.is_err(), "{again:?}");
+}

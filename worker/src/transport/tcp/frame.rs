@@ -76,7 +76,7 @@ pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> Result<Hello, String
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     if &magic != MAGIC {
-        return Err("handshake: not a FUNNEL-RING/1 link".into());
+        return Err("handshake: not a FUNNEL-RING/2 link".into());
     }
     let mut head = [0u8; 3];
     r.read_exact(&mut head)
@@ -153,7 +153,7 @@ pub fn frame_header(meta_len: usize, payload_len: usize) -> [u8; 8] {
 /// Reads frames from one link. Header and meta come through a small read buffer; a payload is
 /// read into a buffer of `pool` (beyond what the read buffer already holds, straight from the
 /// socket), which returns to the pool once the ring has dropped it. `R` is an async socket or,
-/// on a link's own reader thread, a blocking one ([`BlockingRead`]).
+/// on a sparse link's reader thread, a blocking one ([`BlockingRead`]).
 pub struct FrameReader<R> {
     inner: BufReader<R>,
     max: usize,
@@ -223,7 +223,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// A blocking socket as an `AsyncRead` whose every poll reads (blocking the thread) and is
-/// ready: for a raw link's own reader thread (`super::serve_link`), never a runtime's worker.
+/// ready: for a sparse link's reader thread (`super::serve_link`) and the watch on a chunk
+/// link's verdict (`super::direct`), never a runtime's worker.
 /// The thread then sleeps in the kernel until bytes arrive, as a plain `read` does, instead of
 /// waking through epoll and a runtime for every segment.
 pub struct BlockingRead(pub std::net::TcpStream);

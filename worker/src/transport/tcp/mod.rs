@@ -7,12 +7,14 @@
 //! It shares everything but the bytes on the wire with the gRPC transport: the same port (a
 //! connection's first byte says which it is, [`accept`]), the job token (checked at the
 //! handshake, in constant time), the same routing by generation and left neighbour and the
-//! same decoding (`super::server::forward`, `super::wire`), so the ring sees identical
-//! messages and errors from either. TLS jobs use gRPC: this link has no encryption.
+//! same decoding (`super::server`, `super::wire`), so the ring sees identical messages and
+//! errors from either. TLS jobs use gRPC: this link has no encryption.
 //!
-//! Accepted links are read on a thread of their own with blocking reads ([`read_frames`]);
-//! sends stay non-blocking writes from the ring's task, straight from the buffer it reduces.
+//! Chunk links are routed by their handshake and handed to the ring, which reads and writes
+//! them itself ([`direct`]). Sparse links are read on a thread of their own with blocking
+//! reads ([`read_frames`]) and routed message by message (`forward`), as gRPC streams are.
 //!
+//! - [`direct`]: the dense all-reduce on a generation's two chunk links.
 //! - [`frame`]: the byte layout (handshake, verdicts, frames) and the frame reader.
 
 pub mod direct;
@@ -89,8 +91,9 @@ pub(super) async fn accept(
     }
 }
 
-/// Serves one raw link: handshake, then its frames into the ring through `forward`, read on
-/// a thread of the link's own ([`read_frames`]).
+/// Serves one raw link: handshake; then a chunk link goes to the ring ([`direct`]), a sparse
+/// link's frames into the ring through `forward`, read on a thread of its own
+/// ([`read_frames`]).
 async fn serve_link(stream: TcpStream, ctx: std::sync::Arc<LinkContext>) {
     let (mut read, mut write) = stream.into_split();
     let hello = tokio::time::timeout(FIRST_BYTES_WAIT, frame::read_hello(&mut read)).await;
@@ -349,9 +352,8 @@ impl<M: Wire> RingSend<M> for TcpSender<M> {
         let mut wire = M::to_wire(msg, &self.me);
         let payload: Bytes = M::take_payload(&mut wire);
         self.encode_head(wire, payload.len())?;
-        // One write per frame, as `send_range`. Only chunks carry a payload, and a ring sends
-        // them through `send_range`; they come here on big-endian targets and from fault
-        // injection and tests, so copying the payload costs nothing where it matters.
+        // One write per frame. Sparse blocks carry no payload; chunks go over `direct`, so
+        // this copy of a payload costs nothing where it matters.
         self.scratch.extend_from_slice(&payload);
         match self.write.write_all(&self.scratch).await {
             Ok(()) => Ok(()),
