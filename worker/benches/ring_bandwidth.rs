@@ -15,7 +15,8 @@
 //! IMPLS ("funnel funnel-grpc tcp"), CHUNK_LENS (values per chunk, "262144" as the default
 //! `cluster.chunk_values`; several values sweep), RING_THREADS (tokio worker threads per Funnel
 //! rank, 2; 0: a current-thread runtime, which drives the sockets on the thread that runs the
-//! ring: an experiment, not how a worker runs).
+//! ring: an experiment, not how a worker runs, for funnel-grpc only: the raw TCP ring blocks
+//! its thread while it runs).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -291,6 +292,11 @@ fn funnel_rank(
     iters: usize,
 ) -> Res<()> {
     let threads = env_list("RING_THREADS", "2")?[0];
+    if threads == 0 && transport == RingTransport::Tcp {
+        // The raw TCP ring blocks the thread that runs it; on a current-thread runtime nothing
+        // would then route the neighbour's link to it.
+        return Err("RING_THREADS=0 applies to funnel-grpc only".into());
+    }
     let rt = if threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

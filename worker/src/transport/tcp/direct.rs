@@ -328,6 +328,13 @@ impl DirectLinks {
     }
 }
 
+impl Drop for DirectLinks {
+    /// Shuts the outgoing link, which also ends the thread watching it for a refusal.
+    fn drop(&mut self) {
+        let _ = self.tx.shutdown(Shutdown::Both);
+    }
+}
+
 /// What the links' threads share.
 #[derive(Default)]
 struct LinkState {
