@@ -176,15 +176,33 @@ impl DirectLinks {
             self.shut();
         };
         let received = self.sender.in_place_scope(|scope| {
-            scope.spawn(|_| {
-                let result = self.send_jobs(to_send, give_back, fault);
-                if result.is_err() {
-                    fail(1);
-                }
-                *lock(&sent) = result;
+            // With a segment of one chunk nothing overlaps within a round, and the caller
+            // writes chunks itself while the link takes them whole: a small all-reduce then
+            // wakes no thread but its own. The sender thread starts at the first write that
+            // would block, or at once for longer segments (its writes overlap the receiving
+            // then) and to inject a fault.
+            let own = segments(buf.len(), cfg.size)[cfg.rank].len();
+            let needed = fault.is_some() || own > cfg.chunk_len;
+            let mut sender = Some(|| {
+                scope.spawn(|_| {
+                    let result = self.send_jobs(to_send, give_back, fault);
+                    if result.is_err() {
+                        fail(1);
+                    }
+                    *lock(&sent) = result;
+                })
             });
+            let mut start = || {
+                if let Some(spawn) = sender.take() {
+                    spawn();
+                }
+            };
+            if needed {
+                start();
+            }
             let received = (|| {
-                let mut receiver = Receiver::new(cfg, tag, &self.left, buf, jobs, back);
+                let mut receiver =
+                    Receiver::new(cfg, tag, self, buf, jobs, back, !needed, &mut start);
                 // This rank's own segment goes out before anything is awaited from the left.
                 receiver.send_own()?;
                 if rx.is_none() {
@@ -259,7 +277,8 @@ impl DirectLinks {
         }
     }
 
-    /// The sender thread: writes each job's frame, then hands its slice back.
+    /// The sender thread: writes each job's frame (what the receiver has not written of it),
+    /// then hands its slice back.
     fn send_jobs<'a>(
         &self,
         jobs: mpsc::Receiver<Job<'a>>,
@@ -277,12 +296,12 @@ impl DirectLinks {
                     });
                     let values = chunk.values.clone();
                     self.encode_head(&mut head, chunk, values.bytes().len())?;
-                    write_frame(&self.tx, &head, values.bytes())
+                    write_frame(&self.tx, &head, values.bytes(), 0)
                 }
                 other => {
                     let bytes: &[u8] = bytemuck::cast_slice(job.values);
                     self.encode_head(&mut head, job.head, bytes.len())?;
-                    let written = write_frame(&self.tx, &head, bytes);
+                    let written = write_frame(&self.tx, &head, bytes, job.sent);
                     if let (Ok(()), Some(SendFault::AfterFirst(f))) = (&written, other) {
                         f();
                     }
@@ -299,23 +318,46 @@ impl DirectLinks {
     }
 
     /// The frame header and meta of `chunk` (values not included), `payload` bytes to follow.
-    fn encode_head(
+    pub(super) fn encode_head(
         &self,
         out: &mut Vec<u8>,
         chunk: Chunk,
         payload: usize,
     ) -> Result<(), RingError> {
-        let wire = Chunk::to_wire(
-            Chunk {
-                values: F32Bytes::default(),
-                ..chunk
-            },
-            &self.me,
-        );
+        let values = F32Bytes::default();
+        let wire = Chunk::to_wire(Chunk { values, ..chunk }, &self.me);
         out.clear();
         out.extend_from_slice(&frame::frame_header(wire.encoded_len(), payload));
         wire.encode(out)
             .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))
+    }
+
+    /// Writes as much of the frame `head` + `payload` from byte `sent` on as the link takes
+    /// now, without blocking; the bytes written in all.
+    pub(super) fn try_write(
+        &self,
+        head: &[u8],
+        payload: &[u8],
+        mut sent: usize,
+    ) -> Result<usize, RingError> {
+        use nix::sys::socket::{MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        while sent < head.len() + payload.len() {
+            let (h, p) = if sent < head.len() {
+                (&head[sent..], payload)
+            } else {
+                (&head[..0], &payload[sent - head.len()..])
+            };
+            let iov = [IoSlice::new(h), IoSlice::new(p)];
+            match sendmsg::<()>(self.tx.as_raw_fd(), &iov, &[], flags, None) {
+                Ok(k) => sent += k,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(self.send_error(e.into())),
+            }
+        }
+        Ok(sent)
     }
 
     /// A failed write, as the right-hand neighbour's refusal if it sent one (it may arrive
@@ -359,11 +401,13 @@ impl LinkState {
 }
 
 /// A chunk for the sender thread: its head (values empty) and the slice of the buffer it
-/// carries, `id` its index among the buffer's chunks.
+/// carries, `id` its index among the buffer's chunks, `sent` the bytes of its frame the
+/// receiver already wrote.
 pub(super) struct Job<'a> {
     pub head: Chunk,
     pub id: usize,
     pub values: &'a mut [f32],
+    pub sent: usize,
 }
 
 /// Reads the verdict a chunk link's receiver sends only to refuse it; on a refusal, passes it
@@ -381,10 +425,15 @@ fn watch_refusal(socket: TcpStream, state: &LinkState) {
     }
 }
 
-/// Writes `head` and `payload` as one frame, in as few system calls as the kernel allows.
-fn write_frame(mut tx: &TcpStream, head: &[u8], payload: &[u8]) -> std::io::Result<()> {
+/// Writes `head` and `payload` as one frame from byte `sent` on, in as few system calls as
+/// the kernel allows.
+fn write_frame(
+    mut tx: &TcpStream,
+    head: &[u8],
+    payload: &[u8],
+    mut sent: usize,
+) -> std::io::Result<()> {
     let total = head.len() + payload.len();
-    let mut sent = 0;
     while sent < total {
         let wrote = if sent < head.len() {
             tx.write_vectored(&[IoSlice::new(&head[sent..]), IoSlice::new(payload)])

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use super::{CANCEL_POLL, Job};
+use super::{CANCEL_POLL, DirectLinks, Job};
 use crate::ring::allreduce::{Expect, local_not_finite, position};
 use crate::ring::values::{NotFinite, add_checked, first_bad};
 use crate::ring::{Chunk, F32Bytes, PeerId, Phase, RingConfig, RingError, StepTag};
@@ -101,7 +101,14 @@ impl LinkReader {
 pub(super) struct Receiver<'a, 'c> {
     cfg: &'c RingConfig,
     tag: StepTag,
+    links: &'c DirectLinks,
     left: &'c PeerId,
+    /// Chunks are still written here, without blocking (the sender thread has not started).
+    direct: bool,
+    /// Starts the sender thread (at the first write that would block).
+    start: &'c mut dyn FnMut(),
+    /// A frame head, encoded for a write from here.
+    head: Vec<u8>,
     len: usize,
     segs: Vec<Range<usize>>,
     /// Index of each segment's first chunk in `slots`.
@@ -114,13 +121,16 @@ pub(super) struct Receiver<'a, 'c> {
 
 impl<'a, 'c> Receiver<'a, 'c> {
     /// Cuts `buf` into its chunks, in buffer order.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: &'c RingConfig,
         tag: StepTag,
-        left: &'c PeerId,
+        links: &'c DirectLinks,
         buf: &'a mut [f32],
         jobs: mpsc::Sender<Job<'a>>,
         back: mpsc::Receiver<(usize, &'a mut [f32])>,
+        direct: bool,
+        start: &'c mut dyn FnMut(),
     ) -> Self {
         let len = buf.len();
         let segs = segments(len, cfg.size);
@@ -137,7 +147,11 @@ impl<'a, 'c> Receiver<'a, 'c> {
         Self {
             cfg,
             tag,
-            left,
+            links,
+            left: &links.left,
+            direct,
+            start,
+            head: Vec::new(),
             len,
             segs,
             first,
@@ -224,8 +238,28 @@ impl<'a, 'c> Receiver<'a, 'c> {
             offset: (self.segs[seg].start + c * self.cfg.chunk_len) as u64,
             values: F32Bytes::default(),
         };
+        let mut sent = 0;
+        if self.direct {
+            // Written from here while the link takes it whole; the first write that would
+            // block starts the sender thread, which writes the rest of it and all after it.
+            let bytes: &[u8] = bytemuck::cast_slice(values);
+            self.links
+                .encode_head(&mut self.head, head.clone(), bytes.len())?;
+            sent = self.links.try_write(&self.head, bytes, 0)?;
+            if sent == self.head.len() + bytes.len() {
+                self.slots[id] = Some(values);
+                return Ok(());
+            }
+            self.direct = false;
+            (self.start)();
+        }
         self.jobs
-            .send(Job { head, id, values })
+            .send(Job {
+                head,
+                id,
+                values,
+                sent,
+            })
             .map_err(|_| RingError::link(self.left, SENDER_GONE))
     }
 
