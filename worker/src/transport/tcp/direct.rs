@@ -12,27 +12,30 @@
 //! both threads work on the one buffer at once without a lock or a copy. Sends block while
 //! the receiver keeps reading, so no ring of full links can deadlock: the receiver only waits
 //! for a slice the sender has already written out (a chunk's range is received again only
-//! after the right-hand neighbour has read it).
+//! after the right-hand neighbour has read it). When this rank's segment is a single chunk
+//! (small buffers), nothing overlaps within a round: the caller writes its chunks itself
+//! without blocking and starts the sender thread only at a write that would block, so such
+//! an all-reduce wakes no other thread of the rank.
 //!
 //! - [`receive`]: the receiving half (reads, checks, sums).
+//! - [`send`]: the sending half (the sender thread, and writes that must not block).
 
 mod receive;
+mod send;
 
-use std::io::{IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use tonic::Status;
 
 use super::frame;
 use crate::ring::allreduce::check_local;
-use crate::ring::{Chunk, F32Bytes, PeerId, RingConfig, RingError, StepTag, segments};
+use crate::ring::{Chunk, PeerId, RingConfig, RingError, StepTag, segments};
+use crate::transport::JobToken;
 use crate::transport::server::IncomingLinks;
-use crate::transport::{JobToken, Wire};
 use receive::Receiver;
 
 /// Fault injection on the first chunk an all-reduce sends (`crate::cluster::faults`).
@@ -276,98 +279,6 @@ impl DirectLinks {
             let _ = rx.shutdown(Shutdown::Both);
         }
     }
-
-    /// The sender thread: writes each job's frame (what the receiver has not written of it),
-    /// then hands its slice back.
-    fn send_jobs<'a>(
-        &self,
-        jobs: mpsc::Receiver<Job<'a>>,
-        give_back: mpsc::Sender<(usize, &'a mut [f32])>,
-        mut fault: Option<SendFault>,
-    ) -> Result<(), RingError> {
-        let mut head = Vec::new();
-        for job in jobs {
-            let written = match fault.take() {
-                Some(SendFault::Corrupt(f)) => {
-                    tracing::warn!("fault injection: sending a corrupted chunk");
-                    let chunk = f(Chunk {
-                        values: F32Bytes::from_f32(job.values),
-                        ..job.head
-                    });
-                    let values = chunk.values.clone();
-                    self.encode_head(&mut head, chunk, values.bytes().len())?;
-                    write_frame(&self.tx, &head, values.bytes(), 0)
-                }
-                other => {
-                    let bytes: &[u8] = bytemuck::cast_slice(job.values);
-                    self.encode_head(&mut head, job.head, bytes.len())?;
-                    let written = write_frame(&self.tx, &head, bytes, job.sent);
-                    if let (Ok(()), Some(SendFault::AfterFirst(f))) = (&written, other) {
-                        f();
-                    }
-                    written
-                }
-            };
-            if let Err(e) = written {
-                return Err(self.send_error(e));
-            }
-            // The receiver may be done with this chunk for good: nothing waits for it then.
-            let _ = give_back.send((job.id, job.values));
-        }
-        Ok(())
-    }
-
-    /// The frame header and meta of `chunk` (values not included), `payload` bytes to follow.
-    pub(super) fn encode_head(
-        &self,
-        out: &mut Vec<u8>,
-        chunk: Chunk,
-        payload: usize,
-    ) -> Result<(), RingError> {
-        let values = F32Bytes::default();
-        let wire = Chunk::to_wire(Chunk { values, ..chunk }, &self.me);
-        out.clear();
-        out.extend_from_slice(&frame::frame_header(wire.encoded_len(), payload));
-        wire.encode(out)
-            .map_err(|e| RingError::Input(format!("encoding a ring message: {e}")))
-    }
-
-    /// Writes as much of the frame `head` + `payload` from byte `sent` on as the link takes
-    /// now, without blocking; the bytes written in all.
-    pub(super) fn try_write(
-        &self,
-        head: &[u8],
-        payload: &[u8],
-        mut sent: usize,
-    ) -> Result<usize, RingError> {
-        use nix::sys::socket::{MsgFlags, sendmsg};
-        use std::os::fd::AsRawFd;
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        while sent < head.len() + payload.len() {
-            let (h, p) = if sent < head.len() {
-                (&head[sent..], payload)
-            } else {
-                (&head[..0], &payload[sent - head.len()..])
-            };
-            let iov = [IoSlice::new(h), IoSlice::new(p)];
-            match sendmsg::<()>(self.tx.as_raw_fd(), &iov, &[], flags, None) {
-                Ok(k) => sent += k,
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(self.send_error(e.into())),
-            }
-        }
-        Ok(sent)
-    }
-
-    /// A failed write, as the right-hand neighbour's refusal if it sent one (it may arrive
-    /// a moment after the write fails), or as a broken link.
-    fn send_error(&self, e: std::io::Error) -> RingError {
-        match self.state.refusal(Duration::from_secs(1)) {
-            Some(status) => crate::transport::wire::refused(&self.right, status),
-            None => RingError::link(&self.right, format!("send: {e}")),
-        }
-    }
 }
 
 impl Drop for DirectLinks {
@@ -423,31 +334,6 @@ fn watch_refusal(socket: TcpStream, state: &LinkState) {
         state.broken.store(true, Ordering::Release);
         let _ = read.0.shutdown(Shutdown::Both);
     }
-}
-
-/// Writes `head` and `payload` as one frame from byte `sent` on, in as few system calls as
-/// the kernel allows.
-fn write_frame(
-    mut tx: &TcpStream,
-    head: &[u8],
-    payload: &[u8],
-    mut sent: usize,
-) -> std::io::Result<()> {
-    let total = head.len() + payload.len();
-    while sent < total {
-        let wrote = if sent < head.len() {
-            tx.write_vectored(&[IoSlice::new(&head[sent..]), IoSlice::new(payload)])
-        } else {
-            tx.write(&payload[sent - head.len()..])
-        };
-        match wrote {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(k) => sent += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Locks `m`; a poisoned lock (a panic elsewhere) still gives its data.
