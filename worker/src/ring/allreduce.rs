@@ -114,16 +114,7 @@ where
             let (phase, round, seg) = position(cfg, k);
             for (c, range) in chunks(segs[seg].clone(), cfg.chunk_len).enumerate() {
                 let msg = recv_timed(rx, cfg).await?;
-                let want = Expect {
-                    tag,
-                    phase,
-                    round,
-                    segment: seg,
-                    chunk: c,
-                    offset: range.start,
-                    len: range.len(),
-                };
-                want.check(rx.peer(), &msg)?;
+                Expect::at(tag, (phase, round, seg), c, &range).check(rx.peer(), &msg)?;
                 let forward = k + 1 < total;
                 let applied = buf.write(range.clone(), |dst| match phase {
                     Phase::ReduceScatter => msg.values.add_into(dst),
@@ -220,6 +211,24 @@ pub(crate) struct Expect {
 }
 
 impl Expect {
+    /// Chunk `c` (covering `range`) of `(phase, round, segment)` in the step of `tag`.
+    pub(crate) fn at(
+        tag: StepTag,
+        (phase, round, segment): (Phase, usize, usize),
+        c: usize,
+        range: &std::ops::Range<usize>,
+    ) -> Self {
+        Self {
+            tag,
+            phase,
+            round,
+            segment,
+            chunk: c,
+            offset: range.start,
+            len: range.len(),
+        }
+    }
+
     /// Checks `msg` against the expectation; a mismatch names the peer and what differed.
     pub(crate) fn check(&self, peer: &PeerId, msg: &Chunk) -> Result<(), RingError> {
         self.check_head(peer, msg, msg.values.len())

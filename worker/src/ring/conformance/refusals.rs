@@ -185,14 +185,8 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
 
     // Rank 1 of a 2-rank ring over raw TCP; rank 0 is this test, writing by hand: a good
     // first chunk (segment 0, reduce-scatter round 0), then a bad frame.
-    let (node0, rank0, token) = node().await;
-    let node1 = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-        .await
-        .expect("server");
-    let rank1 = PeerId {
-        rank: 1,
-        addr: node1.addr().to_string(),
-    };
+    let ring = HandRing::start().await;
+    let (node0, rank0, token) = (&ring.node0, ring.rank0.clone(), &ring.token);
     let good = Chunk {
         tag: tag(1),
         phase: crate::ring::Phase::ReduceScatter,
@@ -216,27 +210,7 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         ),
     ];
     for (bad, why) in bad_frames {
-        // Rank 0's node takes rank 1's link (and leaves it unread).
-        let _rank0_side = node0.open(1, rank1.clone(), 4);
-        let (_c, _s, incoming) = node1.open(1, rank0.clone(), 4);
-        let direct = DirectLinks::open(
-            rank1.clone(),
-            rank0.clone(),
-            rank0.clone(),
-            &token.token,
-            1,
-            incoming,
-        )
-        .await
-        .expect("rank 1's link");
-        let mut link = tokio::net::TcpStream::connect(node1.addr())
-            .await
-            .expect("connect");
-        link.write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes(), 1, 0))
-            .await
-            .expect("hello");
-        let (code, _) = frame::read_verdict(&mut link).await.expect("verdict");
-        assert_eq!(code, tonic::Code::Ok);
+        let (direct, mut link, _open) = ring.rank1().await;
         let mut bytes = frame::frame_header(meta.len(), payload.len()).to_vec();
         bytes.extend_from_slice(&meta);
         bytes.extend_from_slice(&payload);
@@ -264,7 +238,7 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
         .expect("junk");
     let (code, text) = frame::read_verdict(&mut junk).await.expect("verdict");
     assert_eq!(code, tonic::Code::InvalidArgument, "{text}");
-    let (mut tx, _client) = sender(&rank0, &token).await.expect("gRPC on the same port");
+    let (mut tx, _client) = sender(&rank0, token).await.expect("gRPC on the same port");
     let (mut rx, _sparse_rx, _links) = node0.open(1, rank0.clone(), 4);
     crate::ring::RingSend::send(&mut tx, good.clone())
         .await
@@ -307,31 +281,8 @@ async fn a_cancelled_tcp_step_returns_though_both_its_links_are_stuck() {
     // it, and a hand-made link that never sends. 64 MiB leaves rank 1's sender blocked on a
     // full link and its receiver waiting on a silent one; cancelling the step (a newer
     // generation) must end both, long before the receive timeout.
-    let (node0, rank0, token) = node().await;
-    let node1 = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
-        .await
-        .expect("server");
-    let rank1 = PeerId {
-        rank: 1,
-        addr: node1.addr().to_string(),
-    };
-    let _rank0_side = node0.open(1, rank1.clone(), 4);
-    let (_c, _s, incoming) = node1.open(1, rank0.clone(), 4);
-    let (r1, r0) = (rank1.clone(), rank0.clone());
-    let direct = DirectLinks::open(r1, r0.clone(), r0, &token.token, 1, incoming)
-        .await
-        .expect("rank 1's link");
-    let mut silent = tokio::net::TcpStream::connect(node1.addr())
-        .await
-        .expect("connect");
-    {
-        use crate::transport::tcp::frame;
-        use tokio::io::AsyncWriteExt;
-        silent
-            .write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes(), 1, 0))
-            .await
-            .expect("hello");
-    }
+    let ring = HandRing::start().await;
+    let (direct, _silent, _open) = ring.rank1().await;
     let cfg = super::config(1, 2, 1 << 18, 600_000);
     let mut buf = vec![1.0f32; 16 << 20];
     // Asked every 100 ms while a thread waits: the second time, the ring has moved on.
@@ -340,7 +291,7 @@ async fn a_cancelled_tcp_step_returns_though_both_its_links_are_stuck() {
     let out = block_in_place(|| direct.all_reduce(&cfg, tag(1), &mut buf, None, &cancelled));
     match out {
         Err(RingError::Link { peer, what }) => {
-            assert_eq!(peer, rank0);
+            assert_eq!(peer, ring.rank0);
             assert!(what.contains("cancelled"), "{what}");
         }
         other => panic!("got {other:?}"),
@@ -348,4 +299,59 @@ async fn a_cancelled_tcp_step_returns_though_both_its_links_are_stuck() {
     // The links are shut: the next step fails at once instead of waiting.
     let again = block_in_place(|| direct.all_reduce(&cfg, tag(1), &mut buf, None, &|| false));
     assert!(again.is_err(), "{again:?}");
+}
+
+/// Two peer servers: rank 0's, whose side of the ring a test plays by hand, and rank 1's.
+struct HandRing {
+    node0: PeerNode,
+    node1: PeerNode,
+    rank0: PeerId,
+    rank1: PeerId,
+    token: Security,
+}
+
+/// What keeps a generation open on both servers.
+type Opened = Box<dyn std::any::Any>;
+
+impl HandRing {
+    async fn start() -> Self {
+        let (node0, rank0, token) = node().await;
+        let node1 = PeerNode::start("127.0.0.1:0".parse().expect("addr"), &token)
+            .await
+            .expect("server");
+        let rank1 = PeerId {
+            rank: 1,
+            addr: node1.addr().to_string(),
+        };
+        Self {
+            node0,
+            node1,
+            rank0,
+            rank1,
+            token,
+        }
+    }
+
+    /// Generation 1 opened on both servers; rank 1's chunk links (to rank 0's server, which
+    /// never reads them), and rank 0's link to rank 1 as a bare socket, past its handshake.
+    async fn rank1(&self) -> (DirectLinks, tokio::net::TcpStream, Opened) {
+        use crate::transport::tcp::frame;
+        use tokio::io::AsyncWriteExt;
+        let open0 = self.node0.open(1, self.rank1.clone(), 4);
+        let open1 = self.node1.open(1, self.rank0.clone(), 4);
+        let (r0, r1) = (self.rank0.clone(), self.rank1.clone());
+        let (c1, s1, incoming) = open1;
+        let direct = DirectLinks::open(r1, r0.clone(), r0, &self.token.token, 1, incoming)
+            .await
+            .expect("rank 1's link");
+        let mut link = tokio::net::TcpStream::connect(self.node1.addr())
+            .await
+            .expect("connect");
+        link.write_all(&frame::hello(frame::Kind::Chunks, TOKEN.as_bytes(), 1, 0))
+            .await
+            .expect("hello");
+        let (code, _) = frame::read_verdict(&mut link).await.expect("verdict");
+        assert_eq!(code, tonic::Code::Ok);
+        (direct, link, Box::new((open0, c1, s1)))
+    }
 }

@@ -291,23 +291,33 @@ impl Drop for DirectLinks {
 /// What the links' threads share.
 #[derive(Default)]
 struct LinkState {
-    /// The right-hand neighbour's refusal, once read.
-    refusal: Mutex<Option<Status>>,
-    refused: Condvar,
+    /// What the watch on the outgoing link has read.
+    watch: Mutex<Watch>,
+    watched: Condvar,
     /// The links are shut (a failed step, or a refusal): waits end.
     broken: AtomicBool,
 }
 
+/// What the watch on the outgoing link has read so far.
+#[derive(Default)]
+struct Watch {
+    /// The right-hand neighbour's refusal.
+    refusal: Option<Status>,
+    /// The watch is over: the link ended (with or without a refusal).
+    ended: bool,
+}
+
 impl LinkState {
-    /// The neighbour's refusal, waiting up to `wait` for one (a write fails a moment before
-    /// the refusal that caused it is read).
+    /// The neighbour's refusal, if it sent one. A write can fail a moment before the refusal
+    /// that caused it is read, so this waits up to `wait` for the watch to end; a link that
+    /// simply closed ends it at once.
     fn refusal(&self, wait: Duration) -> Option<Status> {
-        let guard = lock(&self.refusal);
+        let guard = lock(&self.watch);
         let (guard, _) = self
-            .refused
-            .wait_timeout_while(guard, wait, |r| r.is_none())
+            .watched
+            .wait_timeout_while(guard, wait, |w| !w.ended)
             .unwrap_or_else(|p| p.into_inner());
-        guard.clone()
+        guard.refusal.clone()
     }
 }
 
@@ -322,18 +332,22 @@ pub(super) struct Job<'a> {
 }
 
 /// Reads the verdict a chunk link's receiver sends only to refuse it; on a refusal, passes it
-/// on and shuts the link so the sender's blocked write returns.
+/// on and shuts the link so the sender's blocked write returns. Ends when the link does.
 fn watch_refusal(socket: TcpStream, state: &LinkState) {
     let mut read = frame::BlockingRead(socket);
     let verdict = futures::executor::block_on(frame::read_verdict(&mut read));
-    if let Ok((code, text)) = verdict
-        && code != tonic::Code::Ok
-    {
-        *lock(&state.refusal) = Some(Status::new(code, text));
-        state.refused.notify_all();
+    let refusal = match verdict {
+        Ok((code, text)) if code != tonic::Code::Ok => Some(Status::new(code, text)),
+        _ => None,
+    };
+    if refusal.is_some() {
         state.broken.store(true, Ordering::Release);
         let _ = read.0.shutdown(Shutdown::Both);
     }
+    let mut watch = lock(&state.watch);
+    watch.refusal = refusal;
+    watch.ended = true;
+    state.watched.notify_all();
 }
 
 /// Locks `m`; a poisoned lock (a panic elsewhere) still gives its data.

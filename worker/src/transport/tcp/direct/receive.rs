@@ -184,16 +184,8 @@ impl<'a, 'c> Receiver<'a, 'c> {
             let (phase, round, seg) = position(cfg, k);
             for (c, range) in chunks(self.segs[seg].clone(), cfg.chunk_len).enumerate() {
                 let (msg, values) = self.read_head(link, &mut meta, cancelled)?;
-                let want = Expect {
-                    tag: self.tag,
-                    phase,
-                    round,
-                    segment: seg,
-                    chunk: c,
-                    offset: range.start,
-                    len: range.len(),
-                };
-                want.check_head(self.left, &msg, values)?;
+                Expect::at(self.tag, (phase, round, seg), c, &range)
+                    .check_head(self.left, &msg, values)?;
                 let id = self.first[seg] + c;
                 let dst = self.slot(id)?;
                 let applied = match phase {
