@@ -12,10 +12,9 @@
 //! both threads work on the one buffer at once without a lock or a copy. Sends block while
 //! the receiver keeps reading, so no ring of full links can deadlock: the receiver only waits
 //! for a slice the sender has already written out (a chunk's range is received again only
-//! after the right-hand neighbour has read it). When this rank's segment is a single chunk
-//! (small buffers), nothing overlaps within a round: the caller writes its chunks itself
-//! without blocking and starts the sender thread only at a write that would block, so such
-//! an all-reduce wakes no other thread of the rank.
+//! after the right-hand neighbour has read it). Until a write would block, the caller writes
+//! chunks itself without blocking, and only then starts the sender thread: an all-reduce
+//! whose writes all fit the link wakes no other thread of the rank.
 //!
 //! - [`receive`]: the receiving half (reads, checks, sums).
 //! - [`send`]: the sending half (the sender thread, and writes that must not block).
@@ -179,13 +178,11 @@ impl DirectLinks {
             self.shut();
         };
         let received = self.sender.in_place_scope(|scope| {
-            // With a segment of one chunk nothing overlaps within a round, and the caller
-            // writes chunks itself while the link takes them whole: a small all-reduce then
-            // wakes no thread but its own. The sender thread starts at the first write that
-            // would block, or at once for longer segments (its writes overlap the receiving
-            // then) and to inject a fault.
-            let own = segments(buf.len(), cfg.size)[cfg.rank].len();
-            let needed = fault.is_some() || own > cfg.chunk_len;
+            // The caller writes chunks itself while the link takes them whole, so an
+            // all-reduce whose writes fit the link wakes no thread but its own. The sender
+            // thread starts at the first write that would block (then its blocking writes
+            // overlap the receiving), or at once to inject a fault.
+            let needed = fault.is_some();
             let mut sender = Some(|| {
                 scope.spawn(|_| {
                     let result = self.send_jobs(to_send, give_back, fault);
