@@ -323,9 +323,9 @@ async fn sparse_overlapping_disjoint_and_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_larger_than_a_link_holds_are_summed_exactly() {
-    // Over raw TCP a rank writes chunks itself while the link takes them whole, and hands
-    // the rest of a frame to its sender thread at the first write that would block: 8 MiB
-    // chunks are more than a loopback link holds, so both halves of a frame run.
+    // Over raw TCP a rank writes and reads without blocking, as far as each link moves: 8 MiB
+    // chunks are more than a loopback link holds, so every frame is written and read in many
+    // parts, with reads between the writes of one frame.
     let (n, chunk_len) = (2, 1 << 21);
     let inputs = random_buffers(n, n * chunk_len, 77);
     let want = ring_order_sum(&inputs);

@@ -1,41 +1,43 @@
 //! The dense all-reduce of a TCP ring, run by the ring on its generation's two raw chunk
-//! links (blocking sockets): the schedule, frames and checks of [`crate::ring::all_reduce`],
-//! without handing every chunk from a link's reader thread to the ring and without chunk
-//! buffers in between (docs/allreduce-benchmark.md, "Direct links").
+//! links: the schedule, frames and checks of [`crate::ring::all_reduce`], without a reader
+//! thread per link, without chunk buffers in between, and without a second thread per rank
+//! (docs/allreduce-benchmark.md, "Direct links").
 //!
-//! The calling thread receives: it reads each frame's head, checks it, and reads the values
-//! into place, straight into the buffer in all-gather and through a small scratch buffer that
-//! stays in cache in reduce-scatter (read and added piece by piece). A sender thread writes
-//! each chunk to the right straight from the buffer. The buffer is cut into one `&mut` slice
-//! per chunk, and a chunk's slice travels between the two threads with the work on it
-//! (receiver: apply, then hand it to the sender; sender: write it, then hand it back), so
-//! both threads work on the one buffer at once without a lock or a copy. Sends block while
-//! the receiver keeps reading, so no ring of full links can deadlock: the receiver only waits
-//! for a slice the sender has already written out (a chunk's range is received again only
-//! after the right-hand neighbour has read it). Until a write would block, the caller writes
-//! chunks itself without blocking, and only then starts the sender thread: an all-reduce
-//! whose writes all fit the link wakes no other thread of the rank.
+//! The calling thread does all of it, never blocking on one link while the other could move:
+//! it reads what has arrived from the left (frame heads checked; values read straight into
+//! the buffer in all-gather and checked while still in cache, or through a 64 KiB scratch
+//! piece and added in reduce-scatter), queues each applied chunk's forward, writes the queue
+//! to the right as far as the link takes it, and only when neither link moved sleeps in
+//! `poll` on both (at most [`CANCEL_POLL`], then it looks whether the step was cancelled).
+//! Every system call is non-blocking, so no ring of full links can deadlock: each rank keeps
+//! reading while its writes wait. A chunk's range is written out before its next values can
+//! arrive (the left neighbour sends them only after the right one has read it), so reads and
+//! writes never touch the same values at once.
 //!
-//! - [`receive`]: the receiving half (reads, checks, sums).
-//! - [`send`]: the sending half (the sender thread, and writes that must not block).
+//! - [`receive`]: the frames expected from the left (the step's schedule), read and applied.
+//! - [`send`]: the frames queued for the right, written without blocking.
 
 mod receive;
 mod send;
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use tonic::Status;
 
 use super::frame;
 use crate::ring::allreduce::check_local;
-use crate::ring::{Chunk, PeerId, RingConfig, RingError, StepTag, segments};
+use crate::ring::{Chunk, F32Bytes, PeerId, RingConfig, RingError, StepTag, segments};
 use crate::transport::JobToken;
 use crate::transport::server::IncomingLinks;
-use receive::Receiver;
+use receive::{Incoming, Schedule};
+use send::Outgoing;
 
 /// Fault injection on the first chunk an all-reduce sends (`crate::cluster::faults`).
 pub enum SendFault {
@@ -45,7 +47,7 @@ pub enum SendFault {
     AfterFirst(Box<dyn FnOnce() + Send>),
 }
 
-/// How long a blocked read or wait sleeps before it looks whether the step was cancelled.
+/// How long a wait on the links sleeps before it looks whether the step was cancelled.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// One rank's dense links for one generation over raw TCP.
@@ -59,16 +61,12 @@ pub struct DirectLinks {
     /// refusal, if it sends one (a stale generation, a rank that is not its left-hand
     /// neighbour).
     state: Arc<LinkState>,
-    /// The link from the left-hand neighbour, once it has arrived, with its read buffer
-    /// (which may already hold the start of the next step).
-    rx: Mutex<Option<receive::LinkReader>>,
+    /// The link from the left-hand neighbour, once it has arrived.
+    rx: Mutex<Option<TcpStream>>,
     /// A second handle to that link, to shut it while a read blocks on it.
     rx_handle: Mutex<Option<TcpStream>>,
     /// Where that link arrives (routed by the peer server).
     incoming: Mutex<IncomingLinks>,
-    /// The thread that writes to the right during an all-reduce (a pool of one, so a call
-    /// does not start a thread).
-    sender: rayon::ThreadPool,
 }
 
 impl DirectLinks {
@@ -92,11 +90,6 @@ impl DirectLinks {
             .name("funnel-link-verdict".into())
             .spawn(move || watch_refusal(watch, &watched))
             .map_err(|e| RingError::Config(format!("no link thread: {e}")))?;
-        let sender = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "funnel-ring-send".into())
-            .build()
-            .map_err(|e| RingError::Config(format!("no sender thread: {e}")))?;
         Ok(Self {
             me,
             right,
@@ -106,7 +99,6 @@ impl DirectLinks {
             rx: Mutex::new(None),
             rx_handle: Mutex::new(None),
             incoming: Mutex::new(incoming),
-            sender,
         })
     }
 
@@ -152,7 +144,15 @@ impl DirectLinks {
         if result.is_err() {
             self.shut();
         }
-        result
+        if let Some(status) = self.state.refusal(Duration::ZERO) {
+            return Err(crate::transport::wire::refused(&self.right, status));
+        }
+        match result {
+            Err(RingError::Link { what, .. }) if what == receive::CANCELLED && !cancelled() => {
+                Err(RingError::link(&self.right, "the link broke"))
+            }
+            other => other,
+        }
     }
 
     fn run(
@@ -162,75 +162,81 @@ impl DirectLinks {
         buf: &mut [f32],
         fault: Option<SendFault>,
         cancelled: &(dyn Fn() -> bool + Sync),
-        rx: &mut Option<receive::LinkReader>,
+        rx: &mut Option<TcpStream>,
     ) -> Result<(), RingError> {
-        // Waits end early once either half has failed or the neighbour refused the link.
+        // Waits end early once the links were shut or the neighbour refused the link.
         let stop = || cancelled() || self.state.broken.load(Ordering::Acquire);
-        let (jobs, to_send) = mpsc::channel::<Job<'_>>();
-        let (give_back, back) = mpsc::channel::<(usize, &mut [f32])>();
-        let sent = Mutex::new(Ok(()));
-        // Which half failed first (its error is the cause; the other's follows from the
-        // links shut): 0 none, 1 the sender, 2 the receiver.
-        let first = AtomicU8::new(0);
-        let fail = |who: u8| {
-            let _ = first.compare_exchange(0, who, Ordering::AcqRel, Ordering::Acquire);
-            // The other half may be blocked on a link: shutting both wakes it.
-            self.shut();
+        let schedule = Schedule::new(cfg, buf.len());
+        let mut outgoing = Outgoing::new(fault);
+        let head = |slot: &receive::Slot| Chunk {
+            tag,
+            phase: slot.phase,
+            round: slot.round as u32,
+            segment: slot.segment as u32,
+            chunk: slot.chunk as u32,
+            offset: slot.range.start as u64,
+            values: F32Bytes::default(),
         };
-        let received = self.sender.in_place_scope(|scope| {
-            // The caller writes chunks itself while the link takes them whole, so an
-            // all-reduce whose writes fit the link wakes no thread but its own. The sender
-            // thread starts at the first write that would block (then its blocking writes
-            // overlap the receiving), or at once to inject a fault.
-            let needed = fault.is_some();
-            let mut sender = Some(|| {
-                scope.spawn(|_| {
-                    let result = self.send_jobs(to_send, give_back, fault);
-                    if result.is_err() {
-                        fail(1);
-                    }
-                    *lock(&sent) = result;
-                })
-            });
-            let mut start = || {
-                if let Some(spawn) = sender.take() {
-                    spawn();
-                }
-            };
-            if needed {
-                start();
-            }
-            let received = (|| {
-                let mut receiver =
-                    Receiver::new(cfg, tag, self, buf, jobs, back, !needed, &mut start);
-                // This rank's own segment goes out before anything is awaited from the left.
-                receiver.send_own()?;
-                if rx.is_none() {
-                    *rx = Some(self.take_incoming(cfg, &stop)?);
-                }
-                match rx.as_mut() {
-                    Some(link) => receiver.receive(link, &stop),
-                    None => Err(RingError::link(&self.left, "no link")),
-                }
-            })();
-            if received.is_err() {
-                fail(2);
-            }
-            received
-        });
-        let sent = sent.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(status) = self.state.refusal(Duration::ZERO) {
-            return Err(crate::transport::wire::refused(&self.right, status));
+        // This rank's own segment goes out before anything is awaited from the left.
+        for slot in &schedule.own {
+            outgoing.push(self, head(slot), slot.range.clone(), buf)?;
         }
-        match (received, sent) {
-            (Err(_), Err(e)) if first.load(Ordering::Acquire) == 1 => Err(e),
-            (Err(RingError::Link { what, .. }), _)
-                if what == receive::CANCELLED && !cancelled() =>
-            {
-                Err(RingError::link(&self.right, "the link broke"))
+        outgoing.write_some(self, buf)?;
+        if rx.is_none() {
+            *rx = Some(self.take_incoming(cfg, &stop)?);
+        }
+        let Some(link) = rx.as_ref() else {
+            return Err(RingError::link(&self.left, "no link"));
+        };
+        let mut incoming = Incoming::new(cfg, tag, &self.left, buf.len(), schedule.received.len());
+        let mut last = Instant::now();
+        loop {
+            let read = incoming.read_some(link, &schedule, buf)?;
+            if let Some(slot) = read.completed.and_then(|i| schedule.forward(cfg, i)) {
+                outgoing.push(self, head(&slot), slot.range, buf)?;
             }
-            (Err(e), _) => Err(e),
-            (Ok(()), sent) => sent,
+            let wrote = outgoing.write_some(self, buf)?;
+            let (receiving, sending) = (!incoming.is_done(), !outgoing.is_empty());
+            if !receiving && !sending {
+                return Ok(());
+            }
+            if read.bytes + wrote > 0 || read.completed.is_some() {
+                last = Instant::now();
+                continue;
+            }
+            // Nothing moved: sleep until either link can, at most CANCEL_POLL.
+            let mut fds = Vec::with_capacity(2);
+            if receiving {
+                fds.push(PollFd::new(link.as_fd(), PollFlags::POLLIN));
+            }
+            if sending {
+                fds.push(PollFd::new(self.tx.as_fd(), PollFlags::POLLOUT));
+            }
+            let wait = CANCEL_POLL.min(cfg.recv_timeout).as_millis().max(1) as u16;
+            let ready = match poll(&mut fds, PollTimeout::from(wait)) {
+                Ok(k) => k,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(RingError::link(&self.left, format!("poll: {e}"))),
+            };
+            if ready > 0 {
+                continue;
+            }
+            if stop() {
+                return Err(RingError::link(&self.left, receive::CANCELLED));
+            }
+            if last.elapsed() >= cfg.recv_timeout {
+                return Err(if receiving {
+                    RingError::link(
+                        &self.left,
+                        format!("nothing received for {:?}", cfg.recv_timeout),
+                    )
+                } else {
+                    RingError::link(
+                        &self.right,
+                        format!("it took nothing for {:?}", cfg.recv_timeout),
+                    )
+                });
+            }
         }
     }
 
@@ -240,7 +246,7 @@ impl DirectLinks {
         &self,
         cfg: &RingConfig,
         cancelled: &(dyn Fn() -> bool + Sync),
-    ) -> Result<receive::LinkReader, RingError> {
+    ) -> Result<TcpStream, RingError> {
         let incoming = lock(&self.incoming);
         let started = std::time::Instant::now();
         loop {
@@ -249,7 +255,7 @@ impl DirectLinks {
                     let link =
                         |e: std::io::Error| RingError::link(&self.left, format!("link: {e}"));
                     *lock(&self.rx_handle) = Some(socket.try_clone().map_err(link)?);
-                    return receive::LinkReader::new(socket, cfg.recv_timeout).map_err(link);
+                    return Ok(socket);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(RingError::link(&self.left, "the peer server stopped"));
@@ -316,16 +322,6 @@ impl LinkState {
             .unwrap_or_else(|p| p.into_inner());
         guard.refusal.clone()
     }
-}
-
-/// A chunk for the sender thread: its head (values empty) and the slice of the buffer it
-/// carries, `id` its index among the buffer's chunks, `sent` the bytes of its frame the
-/// receiver already wrote.
-pub(super) struct Job<'a> {
-    pub head: Chunk,
-    pub id: usize,
-    pub values: &'a mut [f32],
-    pub sent: usize,
 }
 
 /// Reads the verdict a chunk link's receiver sends only to refuse it; on a refusal, passes it

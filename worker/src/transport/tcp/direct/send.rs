@@ -1,61 +1,129 @@
-//! The sending half of a direct all-reduce: the sender thread, and the caller's writes that
-//! must not block (see the parent module for the scheme).
+//! The sending half of a direct all-reduce: the frames queued for the right-hand neighbour,
+//! written without blocking as far as the link takes them (see the parent module).
 
-use std::io::{IoSlice, Write};
-use std::net::TcpStream;
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::ops::Range;
 use std::time::Duration;
 
 use prost::Message;
 
-use super::{DirectLinks, Job, SendFault};
+use super::{DirectLinks, SendFault};
 use crate::ring::{Chunk, F32Bytes, RingError};
 use crate::transport::Wire;
 use crate::transport::tcp::frame;
 
-impl DirectLinks {
-    /// The sender thread: writes each job's frame (what the receiver has not written of it),
-    /// then hands its slice back.
-    pub(super) fn send_jobs<'a>(
-        &self,
-        jobs: mpsc::Receiver<Job<'a>>,
-        give_back: mpsc::Sender<(usize, &'a mut [f32])>,
-        mut fault: Option<SendFault>,
-    ) -> Result<(), RingError> {
-        let mut head = Vec::new();
-        for job in jobs {
-            let written = match fault.take() {
-                Some(SendFault::Corrupt(f)) => {
-                    tracing::warn!("fault injection: sending a corrupted chunk");
-                    let chunk = f(Chunk {
-                        values: F32Bytes::from_f32(job.values),
-                        ..job.head
-                    });
-                    let values = chunk.values.clone();
-                    self.encode_head(&mut head, chunk, values.bytes().len())?;
-                    write_frame(&self.tx, &head, values.bytes(), 0)
-                }
-                other => {
-                    let bytes: &[u8] = bytemuck::cast_slice(job.values);
-                    self.encode_head(&mut head, job.head, bytes.len())?;
-                    let written = write_frame(&self.tx, &head, bytes, job.sent);
-                    if let (Ok(()), Some(SendFault::AfterFirst(f))) = (&written, other) {
-                        f();
-                    }
-                    written
-                }
-            };
-            if let Err(e) = written {
-                return Err(self.send_error(e));
-            }
-            // The receiver may be done with this chunk for good: nothing waits for it then.
-            let _ = give_back.send((job.id, job.values));
+/// What a queued frame carries after its head.
+enum Payload {
+    /// These values of the buffer, written straight from it.
+    Values(Range<usize>),
+    /// Bytes of its own (a corrupted chunk, fault injection only).
+    Owned(Vec<u8>),
+}
+
+/// One frame waiting to be written, `sent` of its bytes already out.
+struct Frame {
+    head: Vec<u8>,
+    payload: Payload,
+    sent: usize,
+}
+
+/// The frames for the right-hand neighbour, in order.
+pub(super) struct Outgoing {
+    queue: VecDeque<Frame>,
+    /// Fault injection: rewrites the first chunk queued.
+    corrupt: Option<Box<dyn FnOnce(Chunk) -> Chunk + Send>>,
+    /// Fault injection: runs once the first frame is written.
+    after_first: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Outgoing {
+    pub(super) fn new(fault: Option<SendFault>) -> Self {
+        let (corrupt, after_first) = match fault {
+            Some(SendFault::Corrupt(f)) => (Some(f), None),
+            Some(SendFault::AfterFirst(f)) => (None, Some(f)),
+            None => (None, None),
+        };
+        Self {
+            queue: VecDeque::new(),
+            corrupt,
+            after_first,
         }
+    }
+
+    /// Nothing is left to write.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues `head` (its values empty) with the values `range` of `buf` after it.
+    pub(super) fn push(
+        &mut self,
+        links: &DirectLinks,
+        head: Chunk,
+        range: Range<usize>,
+        buf: &[f32],
+    ) -> Result<(), RingError> {
+        let mut bytes = Vec::new();
+        let frame = match self.corrupt.take() {
+            Some(f) => {
+                tracing::warn!("fault injection: sending a corrupted chunk");
+                let chunk = f(Chunk {
+                    values: F32Bytes::from_f32(&buf[range]),
+                    ..head
+                });
+                let values = chunk.values.bytes().to_vec();
+                links.encode_head(&mut bytes, chunk, values.len())?;
+                Frame {
+                    head: bytes,
+                    payload: Payload::Owned(values),
+                    sent: 0,
+                }
+            }
+            None => {
+                links.encode_head(&mut bytes, head, range.len() * 4)?;
+                Frame {
+                    head: bytes,
+                    payload: Payload::Values(range),
+                    sent: 0,
+                }
+            }
+        };
+        self.queue.push_back(frame);
         Ok(())
     }
 
+    /// Writes queued frames as far as the link takes them now, without blocking; the bytes
+    /// written.
+    pub(super) fn write_some(
+        &mut self,
+        links: &DirectLinks,
+        buf: &[f32],
+    ) -> Result<usize, RingError> {
+        let mut wrote = 0;
+        while let Some(frame) = self.queue.front_mut() {
+            let payload: &[u8] = match &frame.payload {
+                Payload::Values(range) => bytemuck::cast_slice(&buf[range.clone()]),
+                Payload::Owned(bytes) => bytes,
+            };
+            let before = frame.sent;
+            frame.sent = links.try_write(&frame.head, payload, frame.sent)?;
+            wrote += frame.sent - before;
+            if frame.sent < frame.head.len() + payload.len() {
+                break;
+            }
+            self.queue.pop_front();
+            if let Some(f) = self.after_first.take() {
+                f();
+            }
+        }
+        Ok(wrote)
+    }
+}
+
+impl DirectLinks {
     /// The frame header and meta of `chunk` (values not included), `payload` bytes to follow.
-    pub(super) fn encode_head(
+    fn encode_head(
         &self,
         out: &mut Vec<u8>,
         chunk: Chunk,
@@ -71,12 +139,7 @@ impl DirectLinks {
 
     /// Writes as much of the frame `head` + `payload` from byte `sent` on as the link takes
     /// now, without blocking; the bytes written in all.
-    pub(super) fn try_write(
-        &self,
-        head: &[u8],
-        payload: &[u8],
-        mut sent: usize,
-    ) -> Result<usize, RingError> {
+    fn try_write(&self, head: &[u8], payload: &[u8], mut sent: usize) -> Result<usize, RingError> {
         use nix::sys::socket::{MsgFlags, sendmsg};
         use std::os::fd::AsRawFd;
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
@@ -105,29 +168,4 @@ impl DirectLinks {
             None => RingError::link(&self.right, format!("send: {e}")),
         }
     }
-}
-
-/// Writes `head` and `payload` as one frame from byte `sent` on, in as few system calls as
-/// the kernel allows.
-fn write_frame(
-    mut tx: &TcpStream,
-    head: &[u8],
-    payload: &[u8],
-    mut sent: usize,
-) -> std::io::Result<()> {
-    let total = head.len() + payload.len();
-    while sent < total {
-        let wrote = if sent < head.len() {
-            tx.write_vectored(&[IoSlice::new(&head[sent..]), IoSlice::new(payload)])
-        } else {
-            tx.write(&payload[sent - head.len()..])
-        };
-        match wrote {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(k) => sent += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
