@@ -25,7 +25,7 @@ const PIECE: usize = 16 << 10;
 const MAX_META: usize = 4096;
 
 /// One frame of the step's schedule: where it sits and the values it covers.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Slot {
     pub phase: Phase,
     pub round: usize,
@@ -360,6 +360,76 @@ fn recv(link: &TcpStream, out: &mut [u8]) -> std::io::Result<Option<usize>> {
             Err(nix::errno::Errno::EAGAIN) => return Ok(None),
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(rank: usize, size: usize, chunk_len: usize) -> RingConfig {
+        RingConfig {
+            rank,
+            size,
+            chunk_len,
+            recv_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// What rank `cfg.rank` writes in a step: its own segment, then each received frame's
+    /// forward in the order the frames arrive.
+    fn sent(cfg: &RingConfig, len: usize) -> Vec<Slot> {
+        let schedule = Schedule::new(cfg, len);
+        let forwards = (0..schedule.received.len()).filter_map(|i| schedule.forward(cfg, i));
+        schedule.own.iter().cloned().chain(forwards).collect()
+    }
+
+    #[test]
+    fn each_rank_sends_exactly_the_frames_its_right_neighbour_expects() {
+        for size in 2..=5 {
+            for len in [0, 1, 7, 1000, 1001] {
+                for chunk_len in [1, 3, 64] {
+                    for rank in 0..size {
+                        let me = config(rank, size, chunk_len);
+                        let right = config((rank + 1) % size, size, chunk_len);
+                        let expected = Schedule::new(&right, len).received;
+                        assert_eq!(sent(&me, len), expected, "n={size} len={len} rank={rank}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_value_is_received_twice_once_per_phase_but_the_own_segment_once() {
+        let (size, len, chunk_len) = (3, 1001, 64);
+        for rank in 0..size {
+            let cfg = config(rank, size, chunk_len);
+            let schedule = Schedule::new(&cfg, len);
+            let own = segments(len, size)[rank].clone();
+            for phase in [Phase::ReduceScatter, Phase::AllGather] {
+                let mut seen = vec![0; len];
+                for slot in schedule.received.iter().filter(|s| s.phase == phase) {
+                    slot.range.clone().for_each(|v| seen[v] += 1);
+                }
+                // Reduce-scatter adds into every segment but the one sent first (this rank's
+                // own); all-gather overwrites every segment but the one this rank finished.
+                let finished = segments(len, size)[(rank + 1) % size].clone();
+                let skipped = if phase == Phase::ReduceScatter {
+                    own.clone()
+                } else {
+                    finished
+                };
+                for (v, count) in seen.into_iter().enumerate() {
+                    assert_eq!(
+                        count,
+                        usize::from(!skipped.contains(&v)),
+                        "rank {rank} {phase:?} value {v}"
+                    );
+                }
+            }
         }
     }
 }
