@@ -39,15 +39,26 @@ results=$out/results.jsonl
 echo "machine: $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg);" \
   "ranks $RANKS; sizes $SIZES_MIB MiB; $rounds rounds of $WARMUP warm-up + $REPS timed" \
   "iterations" >&2
+# One side of the comparison at ring size $2: funnel (both transports), gloo or tcp ($1).
+run_side() {
+  case $1 in
+    funnel) RANKS=$2 IMPLS="funnel funnel-grpc" "$exe" ;;
+    gloo) RANKS=$2 "$py" bench/allreduce_gloo.py 2> >(grep -v '^\[Gloo\]' >&2) ;;
+    tcp) RANKS=$2 IMPLS=tcp "$exe" ;;
+  esac
+}
+
 # The three sides take turns for each ring size, so a change of machine load hits all alike;
-# rounds repeat that, since a cell swings by far more between runs than within one.
+# rounds repeat that, since a cell swings by far more between runs than within one. The side
+# that goes first changes from round to round: whichever runs right after the large buffers of
+# the ring size before read up to a third less at 1 MiB (docs/allreduce-benchmark.md, "Order").
+sides=(funnel gloo tcp)
 for round in $(seq 1 "$rounds"); do
+  first=$(( (round - 1) % 3 ))
   for n in $RANKS; do
-    {
-      RANKS=$n IMPLS="funnel funnel-grpc" "$exe"
-      RANKS=$n "$py" bench/allreduce_gloo.py 2> >(grep -v '^\[Gloo\]' >&2)
-      RANKS=$n IMPLS=tcp "$exe"
-    } | tag_round "$py" "$round" >> "$results"
+    for i in 0 1 2; do
+      run_side "${sides[(first + i) % 3]}" "$n"
+    done | tag_round "$py" "$round" >> "$results"
   done
 done
 echo "machine: load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
