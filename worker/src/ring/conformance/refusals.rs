@@ -251,8 +251,9 @@ async fn malformed_or_oversized_tcp_frames_break_the_link_not_the_rank() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_value_that_is_not_finite_is_refused_as_local() {
-    // Rank 1 of 3 with 30 values: its own segment is 10..20 (checked before anything is
-    // sent), segment 0 is added into in reduce-scatter round 0 (checked as it is added).
+    // Rank 1 of 3 with 30 values: its own segment is 10..20 (checked before any of it is
+    // sent; over raw TCP chunk by chunk, so 10..14 goes out before 14 fails), segment 0 is
+    // added into in reduce-scatter round 0 (checked as it is added).
     for kind in KINDS {
         for (at, bad) in [(14, f32::NAN), (3, f32::INFINITY)] {
             let mut inputs = random_buffers(3, 30, 3);

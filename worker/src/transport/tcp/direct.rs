@@ -33,7 +33,7 @@ use tonic::Status;
 
 use super::frame;
 use crate::ring::allreduce::check_local;
-use crate::ring::{Chunk, F32Bytes, PeerId, RingConfig, RingError, StepTag, segments};
+use crate::ring::{Chunk, F32Bytes, PeerId, RingConfig, RingError, StepTag};
 use crate::transport::JobToken;
 use crate::transport::server::IncomingLinks;
 use receive::{Incoming, Schedule};
@@ -122,16 +122,8 @@ impl DirectLinks {
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<(), RingError> {
         cfg.check()?;
-        let (n, len) = (cfg.size, buf.len());
-        let segs = segments(len, n);
-        let own = if n == 1 {
-            0..len
-        } else {
-            segs[cfg.rank].clone()
-        };
-        check_local(&buf[own.clone()], own.start, len)?;
-        if n == 1 {
-            return Ok(());
+        if cfg.size == 1 {
+            return check_local(buf, 0, buf.len());
         }
         if cfg!(target_endian = "big") {
             return Err(RingError::Config(
@@ -178,8 +170,12 @@ impl DirectLinks {
             values: F32Bytes::default(),
         };
         // This rank's own segment goes out before anything is awaited from the left.
+        // Its values are checked to be finite as each chunk starts to go out, so a chunk
+        // that fails never goes out and the check brings the chunk into cache for its write
+        // (rather than one more pass over the segment from memory first); every other value
+        // is checked as it is added or received.
         for slot in &schedule.own {
-            outgoing.push(self, head(slot), slot.range.clone(), buf)?;
+            outgoing.push(self, head(slot), slot.range.clone(), buf, true)?;
         }
         outgoing.write_some(self, buf)?;
         if rx.is_none() {
@@ -193,7 +189,7 @@ impl DirectLinks {
         loop {
             let read = incoming.read_some(link, &schedule, buf)?;
             if let Some(slot) = read.completed.and_then(|i| schedule.forward(cfg, i)) {
-                outgoing.push(self, head(&slot), slot.range, buf)?;
+                outgoing.push(self, head(&slot), slot.range, buf, false)?;
             }
             let wrote = outgoing.write_some(self, buf)?;
             let (receiving, sending) = (!incoming.is_done(), !outgoing.is_empty());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use prost::Message;
 
 use super::{DirectLinks, SendFault};
+use crate::ring::allreduce::check_local;
 use crate::ring::{Chunk, F32Bytes, RingError};
 use crate::transport::Wire;
 use crate::transport::tcp::frame;
@@ -26,6 +27,9 @@ struct Frame {
     head: Vec<u8>,
     payload: Payload,
     sent: usize,
+    /// Its values are this rank's own, not yet checked to be finite (checked just before
+    /// the first byte goes out, so the check brings them into cache for the write).
+    unchecked: bool,
 }
 
 /// The frames for the right-hand neighbour, in order.
@@ -56,17 +60,22 @@ impl Outgoing {
         self.queue.is_empty()
     }
 
-    /// Queues `head` (its values empty) with the values `range` of `buf` after it.
+    /// Queues `head` (its values empty) with the values `range` of `buf` after it;
+    /// `unchecked`: values of this rank's own that no sum has checked yet.
     pub(super) fn push(
         &mut self,
         links: &DirectLinks,
         head: Chunk,
         range: Range<usize>,
         buf: &[f32],
+        unchecked: bool,
     ) -> Result<(), RingError> {
         let mut bytes = Vec::new();
         let frame = match self.corrupt.take() {
             Some(f) => {
+                if unchecked {
+                    check_local(&buf[range.clone()], range.start, buf.len())?;
+                }
                 tracing::warn!("fault injection: sending a corrupted chunk");
                 let chunk = f(Chunk {
                     values: F32Bytes::from_f32(&buf[range]),
@@ -78,6 +87,7 @@ impl Outgoing {
                     head: bytes,
                     payload: Payload::Owned(values),
                     sent: 0,
+                    unchecked: false,
                 }
             }
             None => {
@@ -86,6 +96,7 @@ impl Outgoing {
                     head: bytes,
                     payload: Payload::Values(range),
                     sent: 0,
+                    unchecked,
                 }
             }
         };
@@ -103,7 +114,14 @@ impl Outgoing {
         let mut wrote = 0;
         while let Some(frame) = self.queue.front_mut() {
             let payload: &[u8] = match &frame.payload {
-                Payload::Values(range) => bytemuck::cast_slice(&buf[range.clone()]),
+                Payload::Values(range) => {
+                    let values = &buf[range.clone()];
+                    if frame.unchecked {
+                        check_local(values, range.start, buf.len())?;
+                        frame.unchecked = false;
+                    }
+                    bytemuck::cast_slice(values)
+                }
                 Payload::Owned(bytes) => bytes,
             };
             let before = frame.sent;
